@@ -1,0 +1,144 @@
+"""The `nemo-wandb-hook` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+from pathlib import Path
+
+from nemo_wandb_hook.config import ConfigError
+from nemo_wandb_hook.pipeline import ExportReport, TaskOutcome, export_results, flush
+from nemo_wandb_hook.results import LocateError, locate_all
+from nemo_wandb_hook.staging import default_stage_dir
+
+log = logging.getLogger("nemo_wandb_hook")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="YAML: a launcher run/export config or bare keys")
+    p.add_argument("-o", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="set a config key (YAML-typed; dotted keys nest)")
+    p.add_argument("--stage-dir", type=Path, help="where to stage and spool (default: "
+                   "<invocation dir>/wandb-export)")
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="nemo-wandb-hook", description=__doc__)
+    top.add_argument("-v", "--verbose", action="store_true")
+    sub = top.add_subparsers(dest="command", required=True)
+
+    ex = sub.add_parser("export", help="export invocations or tasks")
+    ex.add_argument("targets", nargs="+", metavar="TARGET",
+                    help="invocation id, job id (<inv>.<idx>), invocation or task directory")
+    ex.add_argument("--dest", action="append", choices=["wandb", "local"])
+    _common(ex)
+    ex.add_argument("--job-dirs", action="append", default=[], type=Path,
+                    help="roots to search for invocation directories")
+    ex.add_argument("--offline", action="store_true", help="write W&B offline runs")
+    ex.add_argument("--dry-run", action="store_true", help="show what would be pushed")
+    ex.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    fl = sub.add_parser("flush", help="push whatever is still pending in the spool")
+    fl.add_argument("targets", nargs="*", metavar="TARGET")
+    fl.add_argument("--stage-dir", type=Path)
+    fl.add_argument("--job-dirs", action="append", default=[], type=Path)
+    fl.add_argument("--json", action="store_true")
+
+    demo = sub.add_parser("demo", help="export a bundled example invocation (offline unless a "
+                          "W&B account is configured)")
+    demo.add_argument("--dir", type=Path, help="where to write the example (default: a temp dir)")
+    return top
+
+
+def print_report(report: ExportReport, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(report.as_dict(), indent=1))
+        return
+    for error in report.errors:
+        print(f"error: {error}", file=sys.stderr)
+    for t in report.tasks:
+        print(describe(t), file=sys.stderr if t.status in ("failed", "pending") else sys.stdout)
+
+
+def describe(t: TaskOutcome) -> str:
+    where = t.run_path or t.offline_dir or ""
+    line = f"{t.status:9} {t.job_id:24} {t.task:40} {where}"
+    if t.error:
+        line += f"\n          reason: {t.error}"
+    return line.rstrip()
+
+
+def stage_dirs_for(targets: list[str], stage_dir: Path | None, job_dirs: list[Path]) -> list[Path]:
+    if stage_dir is not None:
+        return [stage_dir]
+    if not targets:
+        raise ConfigError("flush needs a TARGET or --stage-dir")
+    invocations = {loc.invocation_dir for loc in locate_all(targets, job_dirs)}
+    return [default_stage_dir(inv) for inv in sorted(invocations)]
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    report = export_results(
+        args.targets,
+        dest=args.dest or ["wandb"],
+        config_file=args.config,
+        overrides=args.overrides,
+        job_dirs=args.job_dirs,
+        offline=args.offline,
+        stage_dir=args.stage_dir,
+        dry_run=args.dry_run,
+    )
+    print_report(report, args.json)
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def cmd_flush(args: argparse.Namespace) -> int:
+    report = ExportReport()
+    for stage in stage_dirs_for(args.targets, args.stage_dir, args.job_dirs):
+        report.tasks += flush(stage)
+    print_report(report, args.json)
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from nemo_wandb_hook.example import example_tasks, write_invocation
+
+    root = args.dir or Path(tempfile.mkdtemp(prefix="nemo-wandb-hook-demo-"))
+    inv_dir = write_invocation(root, example_tasks())
+    print(f"example invocation: {inv_dir}")
+    report = export_results([str(inv_dir)], overrides=["log_mode=multi_task"])
+    print_report(report, as_json=False)
+    stage = inv_dir / "wandb-export"
+    print(f"staged files and spool: {stage}")
+    if any(t.offline_dir for t in report.tasks):
+        print(f"offline runs written; upload them later with: wandb sync {stage / 'wandb'}")
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+COMMANDS = {"export": cmd_export, "flush": cmd_flush, "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="nemo-wandb-hook: %(levelname)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as err:
+        print(f"nemo-wandb-hook: configuration error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except LocateError as err:
+        print(f"nemo-wandb-hook: {err}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""Session-scoped pytest fixture ``slurm_cluster``: a real one-node Slurm for the tests.
+
+Use it from a test module with::
+
+    from tests.support.slurm_fixture import slurm_cluster  # noqa: F401
+
+* Needs root (slurmd, munged, /etc/slurm/slurm.conf). Without root the tests are skipped
+  -- except under CI (env ``CI`` set to a true value), where they fail instead, so CI can
+  never silently skip them.
+* If the Slurm binaries are missing and we are root, ``.ci/install-slurm.sh`` installs
+  them (apt, ~15 s).
+* Session-scoped because ports 6817/6818 and /etc/slurm/slurm.conf are machine-global:
+  one test cluster per machine. The daemons are stopped by PID at the end of the session;
+  munged only if this session started it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.slurm_cluster import SlurmCluster, missing_slurm_binaries
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+INSTALL_SCRIPT = REPO_ROOT / ".ci" / "install-slurm.sh"
+INSTALL_TIMEOUT = 900
+START_TIMEOUT = 60
+NEED_ROOT_MESSAGE = "real Slurm tests need root to install/start slurmctld, slurmd and munge"
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def _skip_or_fail(reason: str) -> None:
+    if _in_ci():
+        pytest.fail(f"{reason} (CI is set, so this is a failure, not a skip)", pytrace=False)
+    pytest.skip(reason)
+
+
+def _install_slurm() -> None:
+    try:
+        proc = subprocess.run(
+            ["bash", str(INSTALL_SCRIPT)],
+            capture_output=True,
+            text=True,
+            timeout=INSTALL_TIMEOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{INSTALL_SCRIPT} did not finish in {INSTALL_TIMEOUT}s", pytrace=False)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-30:])
+        pytest.fail(f"{INSTALL_SCRIPT} exited {proc.returncode}:\n{tail}", pytrace=False)
+    still_missing = missing_slurm_binaries()
+    if still_missing:
+        pytest.fail(f"after {INSTALL_SCRIPT}, still missing: {still_missing}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
+    """A started :class:`SlurmCluster` (node idle), stopped by PID after the session."""
+    if os.geteuid() != 0:
+        _skip_or_fail(NEED_ROOT_MESSAGE)
+    if missing_slurm_binaries():
+        _install_slurm()
+    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"))
+    cluster.start(timeout=START_TIMEOUT)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
