@@ -43,6 +43,15 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("--dry-run", action="store_true", help="show what would be pushed")
     ex.add_argument("--json", action="store_true", help="print the result as JSON")
 
+    hk = sub.add_parser("hook", help="post-job entrypoint (epilogue, trap, dependency job)")
+    where = hk.add_mutually_exclusive_group()
+    where.add_argument("--task-dir", type=Path)
+    where.add_argument("--invocation-dir", type=Path)
+    _common(hk)
+    hk.add_argument("--wait-timeout", type=float, help="seconds to wait for results.yml")
+    hk.add_argument("--budget", type=float, help="seconds before the hook gives up (exit 0)")
+    hk.add_argument("--strict", action="store_true", help="exit non-zero on failure")
+
     fl = sub.add_parser("flush", help="push whatever is still pending in the spool")
     fl.add_argument("targets", nargs="*", metavar="TARGET")
     fl.add_argument("--stage-dir", type=Path)
@@ -105,6 +114,21 @@ def cmd_flush(args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
+def cmd_hook(args: argparse.Namespace) -> int:
+    from nemo_wandb_hook.hook import HookRequest, hook_main
+
+    return hook_main(HookRequest(
+        task_dir=args.task_dir,
+        invocation_dir=args.invocation_dir,
+        config_file=args.config,
+        overrides=args.overrides,
+        stage_dir=args.stage_dir,
+        wait_timeout=args.wait_timeout,
+        budget=args.budget,
+        strict=args.strict,
+    ))
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from nemo_wandb_hook.example import example_tasks, write_invocation
 
@@ -120,7 +144,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
-COMMANDS = {"export": cmd_export, "flush": cmd_flush, "demo": cmd_demo}
+COMMANDS = {"export": cmd_export, "hook": cmd_hook, "flush": cmd_flush, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

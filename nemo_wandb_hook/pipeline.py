@@ -9,6 +9,7 @@ import hashlib
 import logging
 import os
 import re
+import time
 from collections.abc import Iterable, Mapping
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
@@ -260,6 +261,13 @@ def _stage_dir_for(loc: TaskLocation, cfg: ExportConfig, override: Path | None) 
     return Path(chosen) if chosen else default_stage_dir(loc.invocation_dir)
 
 
+def _record_failure(stage: Path, loc: TaskLocation, error: str) -> None:
+    try:
+        Spool(stage).record_task_failure(loc.invocation_id, loc.dir_name, error)
+    except OSError as err:
+        log.warning("cannot record the failure of %s in %s: %s", loc.dir_name, stage, err)
+
+
 def _outcome(entry: SpoolEntry, status: str, **extra: Any) -> TaskOutcome:
     return TaskOutcome(
         invocation_id=entry.invocation_id,
@@ -390,9 +398,7 @@ def export_results(
     offline: bool = False,
     stage_dir: str | Path | None = None,
     dry_run: bool = False,
-    wait_timeout: float | None = None,
-    lock_wait: float = 60.0,
-    slurm_env: Mapping[str, str] | None = None,
+    wait_timeout: float | None = 0.0,
 ) -> ExportReport:
     """Export invocations (ids or paths) to W&B and/or the local stage; see ExportReport.
 
@@ -400,58 +406,84 @@ def export_results(
     that task's outcome while the other tasks go on.
     """
     targets = [targets] if isinstance(targets, str) else list(targets)
-    dests = {dest} if isinstance(dest, str) else set(dest)
-    unknown = dests - {"wandb", "local"}
-    if unknown:
-        raise ConfigError(f"unknown --dest {sorted(unknown)}; choose wandb or local")
-    report = ExportReport()
     try:
         locations = locate_all(targets, [Path(j) for j in job_dirs])
     except LocateError as err:
-        report.errors.append(str(err))
-        return report
+        return ExportReport(errors=[str(err)])
     configs = resolve_configs(locations, config, Path(config_file) if config_file else None,
                               overrides)
-    override = Path(stage_dir) if stage_dir else None
-    env = os.environ if slurm_env is None else slurm_env
-    prepared: list[Prepared] = []
-    for loc, cfg in zip(locations, configs, strict=True):
-        mode = "offline" if offline else cfg.mode
-        wait = cfg.wait_timeout if wait_timeout is None else wait_timeout
-        try:
-            prepared.append(prepare(loc, cfg, _stage_dir_for(loc, cfg, override) if not dry_run
-                                    else Path(), wait, mode, env, dry_run))
-        except (TaskError, StageError) as err:
-            log.error("%s: %s", loc.dir_name, err)
-            report.tasks.append(TaskOutcome(loc.invocation_id, loc.dir_name, loc.job_id,
-                                            "failed", error=str(err)))
-    if dry_run:
-        report.tasks += [_outcome(p.entry, "dry-run") for p in prepared]
-        return report
-    if "local" in dests:
-        from nemo_wandb_hook.local import write_processed_results
+    run = ExportRun(dest=dest, offline=offline, stage_dir=stage_dir, dry_run=dry_run,
+                    wait_timeout=wait_timeout)
+    return run.export(locations, configs)
 
-        write_processed_results(prepared)
-        if "wandb" not in dests:
-            report.tasks += [_outcome(p.entry, "staged") for p in prepared]
+
+@dataclass
+class ExportRun:
+    """How one call exports its tasks; `deadline` (time.monotonic) bounds the whole call."""
+
+    dest: str | Iterable[str] = "wandb"
+    offline: bool = False
+    stage_dir: str | Path | None = None
+    dry_run: bool = False
+    wait_timeout: float | None = None  # None: each task's config decides
+    lock_wait: float = 60.0
+    deadline: float | None = None
+    slurm_env: Mapping[str, str] | None = None
+
+    def remaining(self, default: float) -> float:
+        if self.deadline is None:
+            return default
+        return max(0.0, min(default, self.deadline - time.monotonic()))
+
+    def export(self, locations: list[TaskLocation], configs: list[ExportConfig]) -> ExportReport:
+        dests = {self.dest} if isinstance(self.dest, str) else set(self.dest)
+        if dests - {"wandb", "local"}:
+            raise ConfigError(f"unknown --dest {sorted(dests - {'wandb', 'local'})}; "
+                              "choose wandb or local")
+        report = ExportReport()
+        env = os.environ if self.slurm_env is None else self.slurm_env
+        override = Path(self.stage_dir) if self.stage_dir else None
+        prepared: list[Prepared] = []
+        for loc, cfg in zip(locations, configs, strict=True):
+            mode = "offline" if self.offline else cfg.mode
+            wait = self.remaining(cfg.wait_timeout if self.wait_timeout is None
+                                  else self.wait_timeout)
+            stage = Path() if self.dry_run else _stage_dir_for(loc, cfg, override)
+            try:
+                prepared.append(prepare(loc, cfg, stage, wait, mode, env, self.dry_run))
+            except (TaskError, StageError) as err:
+                log.error("%s: %s", loc.dir_name, err)
+                if not self.dry_run and not isinstance(err, StageError):
+                    _record_failure(stage, loc, str(err))
+                report.tasks.append(TaskOutcome(loc.invocation_id, loc.dir_name, loc.job_id,
+                                                "failed", error=str(err)))
+        if self.dry_run:
+            report.tasks += [_outcome(p.entry, "dry-run") for p in prepared]
             return report
-    report.tasks += deliver(prepared, lock_wait)
-    return report
+        if "local" in dests:
+            from nemo_wandb_hook.local import write_processed_results
 
+            write_processed_results(prepared)
+            if "wandb" not in dests:
+                report.tasks += [_outcome(p.entry, "staged") for p in prepared]
+                return report
+        report.tasks += self.deliver(prepared)
+        return report
 
-def deliver(prepared: list[Prepared], lock_wait: float) -> list[TaskOutcome]:
-    """Enqueue each prepared task, then flush the runs they belong to."""
-    outcomes: list[TaskOutcome] = []
-    runs: dict[Path, dict[str, ExportConfig]] = {}
-    for item in prepared:
-        spool = Spool(item.stage_dir)
-        if spool.enqueue(item.entry):
-            runs.setdefault(item.stage_dir, {})[item.entry.run.slug] = item.config
-        else:
-            done = spool.delivery(item.entry.run.slug, item.entry.name)
-            outcomes.append(delivered_outcome(done, "unchanged") if done
-                            else _outcome(item.entry, "unchanged"))
-    for stage, slugs in runs.items():
-        retry = next(iter(slugs.values())).retry
-        outcomes += flush(stage, list(slugs), retry=retry, lock_wait=lock_wait)
-    return outcomes
+    def deliver(self, prepared: list[Prepared]) -> list[TaskOutcome]:
+        """Enqueue each prepared task, then flush the runs they belong to."""
+        outcomes: list[TaskOutcome] = []
+        runs: dict[Path, dict[str, ExportConfig]] = {}
+        for item in prepared:
+            spool = Spool(item.stage_dir)
+            if spool.enqueue(item.entry):
+                runs.setdefault(item.stage_dir, {})[item.entry.run.slug] = item.config
+            else:
+                done = spool.delivery(item.entry.run.slug, item.entry.name)
+                outcomes.append(delivered_outcome(done, "unchanged") if done
+                                else _outcome(item.entry, "unchanged"))
+        for stage, slugs in runs.items():
+            policy = next(iter(slugs.values())).retry
+            retry = policy.model_copy(update={"deadline": self.remaining(policy.deadline)})
+            outcomes += flush(stage, list(slugs), retry=retry, lock_wait=self.lock_wait)
+        return outcomes

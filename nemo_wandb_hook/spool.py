@@ -128,6 +128,7 @@ class Spool:
 
     def enqueue(self, entry: SpoolEntry) -> bool:
         """Record the entry; False when the ledger already holds this exact content."""
+        (self.root / "failed" / f"{entry.name}.json").unlink(missing_ok=True)
         done = self.delivery(entry.run.slug, entry.name)
         if done is not None and done.entry.digest == entry.digest:
             self._file("pending", entry.run.slug, entry.name).unlink(missing_ok=True)
@@ -182,6 +183,17 @@ class Spool:
 
     def record_failure(self, slug: str, error: str) -> None:
         _write_json(self.root / "errors" / f"{slug}.json", {"error": error, "at": time.time()})
+
+    def record_task_failure(self, invocation_id: str, task: str, error: str) -> None:
+        """A task that could not be read or staged (never completed, broken results)."""
+        _write_json(self.root / "failed" / f"{invocation_id}__{task}.json",
+                    {"invocation_id": invocation_id, "task": task, "error": error,
+                     "at": time.time()})
+
+    def task_failures(self) -> list[dict[str, Any]]:
+        base = self.root / "failed"
+        found = [_read_json(p) for p in sorted(base.glob("*.json"))] if base.is_dir() else []
+        return [f for f in found if f]
 
     def failure(self, slug: str) -> dict[str, Any] | None:
         return _read_json(self.root / "errors" / f"{slug}.json")

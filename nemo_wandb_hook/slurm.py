@@ -1,0 +1,125 @@
+"""What the Slurm job that just ended was: ids, working directory, owner.
+
+Batch scripts and `srun --epilog` see `SLURM_*` variables; a slurm.conf epilogue sees no PATH
+and no array variables, so the rest comes from `scontrol show job` (absolute path, bounded).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pwd
+import re
+import shutil
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SCONTROL_CANDIDATES = ("/usr/bin/scontrol", "/usr/local/bin/scontrol", "/opt/slurm/bin/scontrol")
+SCONTROL_TIMEOUT = 10.0
+FIELD = re.compile(r"(?:^|\s)([A-Za-z][\w:]*)=(\S*)")
+
+
+@dataclass(frozen=True)
+class SlurmJob:
+    job_id: str
+    array_job_id: str | None = None
+    array_task_id: str | None = None
+    work_dir: Path | None = None
+    stdout: Path | None = None
+    user: str | None = None
+    uid: int | None = None
+    gid: int | None = None
+
+    def ids(self) -> dict[str, str]:
+        """The ids recorded in run.config, in the environment's variable names."""
+        pairs = {
+            "SLURM_JOB_ID": self.job_id,
+            "SLURM_ARRAY_JOB_ID": self.array_job_id,
+            "SLURM_ARRAY_TASK_ID": self.array_task_id,
+        }
+        return {k: v for k, v in pairs.items() if v}
+
+
+def scontrol() -> str | None:
+    found = shutil.which("scontrol")
+    return found or next((p for p in SCONTROL_CANDIDATES if os.access(p, os.X_OK)), None)
+
+
+def show_job(job_id: str) -> dict[str, str]:
+    """`scontrol show job` as a mapping; empty when Slurm cannot tell (logged)."""
+    binary = scontrol()
+    if binary is None:
+        log.warning("scontrol not found; cannot look up Slurm job %s", job_id)
+        return {}
+    try:
+        out = subprocess.run(
+            [binary, "show", "job", "--oneliner", job_id],
+            capture_output=True, text=True, timeout=SCONTROL_TIMEOUT, check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError) as err:
+        log.warning("scontrol show job %s failed: %s", job_id, err)
+        return {}
+    line = next((ln for ln in out.splitlines() if f"JobId={job_id} " in f"{ln} "), "")
+    return dict(FIELD.findall(line or out))
+
+
+def _int(value: str | None) -> int | None:
+    return int(value) if value and value.isdigit() else None
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value) if value and value not in ("(null)", "") else None
+
+
+def current_job(env: Mapping[str, str]) -> SlurmJob | None:
+    """The job from the environment, completed by scontrol when variables are missing."""
+    job_id = env.get("SLURM_JOB_ID") or env.get("SLURM_JOBID")
+    if not job_id:
+        return None
+    array_job = env.get("SLURM_ARRAY_JOB_ID")
+    array_task = env.get("SLURM_ARRAY_TASK_ID")
+    work_dir = env.get("SLURM_JOB_WORK_DIR") or env.get("SLURM_SUBMIT_DIR")
+    info: dict[str, str] = {}
+    if not (array_job and work_dir):
+        info = show_job(job_id)
+    uid_field = info.get("UserId", "")  # "alice(1000)"
+    user = env.get("SLURM_JOB_USER") or uid_field.split("(")[0] or None
+    uid = _int(env.get("SLURM_JOB_UID")) or _int(uid_field.partition("(")[2].rstrip(")"))
+    gid = _int(env.get("SLURM_JOB_GID")) or _int(info.get("GroupId", "").partition("(")[2][:-1])
+    return SlurmJob(
+        job_id=job_id,
+        array_job_id=array_job or (info.get("ArrayJobId") or None),
+        array_task_id=array_task or (info.get("ArrayTaskId") or None),
+        work_dir=_path(work_dir or info.get("WorkDir")),
+        stdout=_path(info.get("StdOut")),
+        user=user,
+        uid=uid,
+        gid=gid,
+    )
+
+
+def drop_privileges(job: SlurmJob) -> None:
+    """Running as root in a slurm.conf epilogue: act as the job's owner from here on, so no
+    root-owned file lands in the user's directories."""
+    if os.geteuid() != 0 or job.uid in (None, 0):
+        return
+    uid = job.uid
+    try:
+        entry = pwd.getpwuid(uid)
+    except KeyError:
+        entry = None
+    gid = job.gid if job.gid is not None else (entry.pw_gid if entry else uid)
+    if entry is not None:
+        os.initgroups(entry.pw_name, gid)
+    else:
+        os.setgroups([])
+    os.setgid(gid)
+    os.setuid(uid)
+    if entry is not None:
+        os.environ["HOME"] = entry.pw_dir
+        os.environ["USER"] = entry.pw_name
+    log.info("running as the job's user %s (uid %d)", job.user or uid, uid)
