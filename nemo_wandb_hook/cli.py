@@ -7,12 +7,13 @@ import json
 import logging
 import sys
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 
 from nemo_wandb_hook.config import ConfigError
 from nemo_wandb_hook.pipeline import ExportReport, TaskOutcome, export_results, flush
-from nemo_wandb_hook.results import LocateError, locate_all
-from nemo_wandb_hook.staging import default_stage_dir
+from nemo_wandb_hook.results import LocateError, TaskLocation, locate_all
+from nemo_wandb_hook.staging import existing_stage_dir
 
 log = logging.getLogger("nemo_wandb_hook")
 
@@ -58,6 +59,21 @@ def parser() -> argparse.ArgumentParser:
     fl.add_argument("--job-dirs", action="append", default=[], type=Path)
     fl.add_argument("--json", action="store_true")
 
+    sy = sub.add_parser("sync", help="upload offline runs with `wandb sync`, once each")
+    sy.add_argument("targets", nargs="*", metavar="TARGET")
+    sy.add_argument("--stage-dir", type=Path)
+    sy.add_argument("--job-dirs", action="append", default=[], type=Path)
+    sy.add_argument("--timeout", type=float, default=300.0, help="seconds per run (default 300)")
+    sy.add_argument("--prune", action="store_true",
+                    help="then remove offline runs and wandb staging files that are synced")
+    sy.add_argument("--json", action="store_true")
+
+    st = sub.add_parser("status", help="where every task stands (local state only)")
+    st.add_argument("targets", nargs="*", metavar="TARGET")
+    st.add_argument("--stage-dir", type=Path)
+    st.add_argument("--job-dirs", action="append", default=[], type=Path)
+    st.add_argument("--json", action="store_true")
+
     demo = sub.add_parser("demo", help="export a bundled example invocation (offline unless a "
                           "W&B account is configured)")
     demo.add_argument("--dir", type=Path, help="where to write the example (default: a temp dir)")
@@ -82,13 +98,19 @@ def describe(t: TaskOutcome) -> str:
     return line.rstrip()
 
 
-def stage_dirs_for(targets: list[str], stage_dir: Path | None, job_dirs: list[Path]) -> list[Path]:
-    if stage_dir is not None:
-        return [stage_dir]
-    if not targets:
-        raise ConfigError("flush needs a TARGET or --stage-dir")
-    invocations = {loc.invocation_dir for loc in locate_all(targets, job_dirs)}
-    return [default_stage_dir(inv) for inv in sorted(invocations)]
+def stage_dirs_for(
+    args: argparse.Namespace,
+) -> list[tuple[Path, list[TaskLocation] | None]]:
+    """(stage dir, the targets' tasks in it) for flush, sync and status."""
+    if not args.targets:
+        if args.stage_dir is None:
+            raise ConfigError(f"{args.command} needs a TARGET or --stage-dir")
+        return [(args.stage_dir, None)]
+    by_stage: dict[Path, list[TaskLocation]] = {}
+    for loc in locate_all(args.targets, args.job_dirs):
+        stage = args.stage_dir or existing_stage_dir(loc.invocation_dir)
+        by_stage.setdefault(stage, []).append(loc)
+    return list(by_stage.items())
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -108,10 +130,44 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_flush(args: argparse.Namespace) -> int:
     report = ExportReport()
-    for stage in stage_dirs_for(args.targets, args.stage_dir, args.job_dirs):
+    for stage, _ in stage_dirs_for(args):
         report.tasks += flush(stage)
     print_report(report, args.json)
     return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from nemo_wandb_hook.sync import prune, sync_stage
+
+    results, removed = [], []
+    for stage, locations in stage_dirs_for(args):
+        invocations = {loc.invocation_id for loc in locations} if locations else None
+        results += sync_stage(stage, invocations, timeout=args.timeout)
+        if args.prune:
+            removed += prune(stage)
+    if args.json:
+        print(json.dumps({"runs": [asdict(r) for r in results],
+                          "pruned": [str(p) for p in removed]}, indent=1))
+    else:
+        for r in results:
+            print(f"{r.status:9} {r.run_path}  ({len(r.pieces)} offline piece(s))"
+                  + (f"\n          reason: {r.error}" if r.error else ""))
+        if not results:
+            print("nothing to sync: no offline runs waiting for upload")
+        for path in removed:
+            print(f"pruned    {path}")
+    return EXIT_OK if all(r.status == "synced" for r in results) else EXIT_FAILED
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from nemo_wandb_hook.status import collect, render
+
+    rows = [row for stage, locations in stage_dirs_for(args) for row in collect(stage, locations)]
+    if args.json:
+        print(json.dumps([r.as_dict() for r in rows], indent=1))
+    else:
+        print(render(rows))
+    return EXIT_OK
 
 
 def cmd_hook(args: argparse.Namespace) -> int:
@@ -144,7 +200,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
-COMMANDS = {"export": cmd_export, "hook": cmd_hook, "flush": cmd_flush, "demo": cmd_demo}
+COMMANDS = {
+    "export": cmd_export,
+    "hook": cmd_hook,
+    "flush": cmd_flush,
+    "sync": cmd_sync,
+    "status": cmd_status,
+    "demo": cmd_demo,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

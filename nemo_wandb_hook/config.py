@@ -72,6 +72,11 @@ class ExportConfig(BaseModel):
 
 
 KNOWN_KEYS = sorted(set(ExportConfig.model_fields) | set(ALIASES))
+# Text-valued keys: `-o group=2024` or `-o run_id=0123` mean the text as typed, not a number.
+TEXT_KEYS = {
+    name for name, f in ExportConfig.model_fields.items()
+    if f.annotation in (str, str | None, Path | None)
+}
 
 
 def wandb_section(doc: Any, source: str) -> dict[str, Any]:
@@ -113,6 +118,8 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         except yaml.YAMLError:
             value = raw
         *parents, leaf = key.strip().split(".")
+        if not parents and leaf in TEXT_KEYS and not isinstance(value, (str, type(None))):
+            value = raw
         node = out
         for part in parents:
             node = node.setdefault(part, {})

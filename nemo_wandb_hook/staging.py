@@ -189,6 +189,18 @@ def _launcher_config_from_metadata(staged_metadata: Path) -> str | None:
     return yaml.safe_dump(resolved, sort_keys=True) if resolved else None
 
 
+def _fallback_stage_dir(inv_dir: Path) -> Path:
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "nemo-wandb-hook" / inv_dir.name
+
+
+def existing_stage_dir(inv_dir: Path) -> Path:
+    """Where `default_stage_dir` put things, without creating anything."""
+    preferred = inv_dir / "wandb-export"
+    fallback = _fallback_stage_dir(inv_dir)
+    return fallback if not preferred.is_dir() and fallback.is_dir() else preferred
+
+
 def default_stage_dir(inv_dir: Path) -> Path:
     """Inside the invocation directory; a per-user cache directory when that is read-only."""
     preferred = inv_dir / "wandb-export"
@@ -199,8 +211,7 @@ def default_stage_dir(inv_dir: Path) -> Path:
         probe.unlink()
         return preferred
     except OSError as err:
-        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-        fallback = cache / "nemo-wandb-hook" / inv_dir.name
+        fallback = _fallback_stage_dir(inv_dir)
         log.warning("cannot write %s (%s); staging in %s instead", preferred,
                     err.strerror or err, fallback)
         return fallback
