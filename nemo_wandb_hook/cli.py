@@ -11,7 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from nemo_wandb_hook.config import ConfigError
-from nemo_wandb_hook.pipeline import ExportReport, TaskOutcome, export_results, flush
+from nemo_wandb_hook.pipeline import ExportReport, export_results, flush
 from nemo_wandb_hook.results import LocateError, TaskLocation, locate_all
 from nemo_wandb_hook.staging import existing_stage_dir
 
@@ -81,21 +81,14 @@ def parser() -> argparse.ArgumentParser:
 
 
 def print_report(report: ExportReport, as_json: bool) -> None:
+    """JSON on stdout for scripts; otherwise a compact summary table on stderr."""
     if as_json:
         print(json.dumps(report.as_dict(), indent=1))
         return
     for error in report.errors:
         print(f"error: {error}", file=sys.stderr)
-    for t in report.tasks:
-        print(describe(t), file=sys.stderr if t.status in ("failed", "pending") else sys.stdout)
-
-
-def describe(t: TaskOutcome) -> str:
-    where = t.run_path or t.offline_dir or ""
-    line = f"{t.status:9} {t.job_id:24} {t.task:40} {where}"
-    if t.error:
-        line += f"\n          reason: {t.error}"
-    return line.rstrip()
+    if report.tasks:
+        print(report.summary(), file=sys.stderr)
 
 
 def stage_dirs_for(

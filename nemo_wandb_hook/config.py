@@ -60,6 +60,9 @@ class ExportConfig(BaseModel):
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     log_stats: list[str] = Field(default_factory=lambda: ["stderr"])
     redact: list[str] = Field(default_factory=list)
+    log_tables: bool = True
+    log_samples: bool = False
+    samples_limit: int = Field(1000, ge=1)
 
     @field_validator("tags", "log_metrics", "log_stats", "redact", mode="before")
     @classmethod

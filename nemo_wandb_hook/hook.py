@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -146,10 +145,6 @@ def hook_main(request: HookRequest) -> int:
     except Exception:  # the node must survive whatever happened; the traceback is logged
         log.exception("hook failed unexpectedly")
         return 1 if request.strict else 0
-    for task in report.tasks:
-        level = logging.INFO if task.status in ("exported", "unchanged") else logging.WARNING
-        log.log(level, "%s %s %s%s", task.status, task.job_id,
-                task.run_path or task.offline_dir or "",
-                f" ({task.error})" if task.error else "")
-    sys.stdout.flush()
+    level = logging.INFO if report.ok else logging.WARNING
+    log.log(level, "result:\n%s", report.summary())
     return exit_code(report, request.strict)

@@ -1,4 +1,5 @@
-"""`--dest local`: the launcher local exporter's summary files, beside the staged results."""
+"""`--dest local`: the launcher local exporter's summary files and a Markdown table, beside
+the staged results, so results can be read without W&B."""
 
 from __future__ import annotations
 
@@ -42,5 +43,35 @@ def write_processed_results(prepared: list[Prepared]) -> list[Path]:
         writer.writeheader()
         writer.writerows(ordered)
         atomic_write(out_dir / "processed_results.csv", buf.getvalue().encode())
-        written += [json_path, out_dir / "processed_results.csv"]
+        atomic_write(out_dir / "results.md", results_markdown(out_dir).encode())
+        written += [json_path, out_dir / "processed_results.csv", out_dir / "results.md"]
     return written
+
+
+def _fmt(value: Any) -> str:
+    return "" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def results_markdown(out_dir: Path) -> str:
+    """Every staged task's metrics with stderr, from the staged results.yml files."""
+    from nemo_wandb_hook.metrics import MetricsError, flatten
+    from nemo_wandb_hook.results import load_yaml_file
+
+    lines = ["| task directory | task | metric | score | value | stderr | count |",
+             "|---|---|---|---|---|---|---|"]
+    for results in sorted(out_dir.glob("*/results.yml"), key=lambda p: _task_index(p.parent)):
+        try:
+            flat = flatten(load_yaml_file(results))
+        except (MetricsError, OSError, ValueError):
+            continue
+        for s in flat.scores:
+            count = s.stats.get("count")
+            cells = [results.parent.name, s.entry, s.metric, s.score, _fmt(s.value),
+                     _fmt(s.stats.get("stderr")), _fmt(int(count) if count is not None else None)]
+            lines.append("| " + " | ".join(cells) + " |")
+    return f"# Results: {out_dir.name}\n\n" + "\n".join(lines) + "\n"
+
+
+def _task_index(task_dir: Path) -> tuple[int, str]:
+    tail = task_dir.name.rsplit(".", 1)[-1]
+    return (int(tail) if tail.isdigit() else -1, task_dir.name)

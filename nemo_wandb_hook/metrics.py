@@ -123,6 +123,22 @@ def _put(flat: FlatMetrics, key: str, value: float, alternative: str) -> str:
     return alternative
 
 
+TABLE_COLUMNS = ["task", "benchmark", "harness", "metric", "score", "value", "stderr", "count"]
+
+
+def table_rows(
+    flat: FlatMetrics, kept: Mapping[str, float], benchmark: str, harness: str
+) -> list[list[Any]]:
+    """One row per (task, metric, score) whose flat key survived `log_metrics`."""
+    rows = []
+    for s in flat.scores:
+        if s.key in kept:
+            count = s.stats.get("count")
+            rows.append([s.entry, benchmark, harness, s.metric, s.score, s.value,
+                         s.stats.get("stderr"), int(count) if count is not None else None])
+    return rows
+
+
 def matches(key: str, pattern: str, parts: frozenset[str]) -> bool:
     """An entry matches a key it equals, one of its name parts, or as a glob pattern."""
     if pattern == key or pattern in parts:

@@ -12,13 +12,14 @@ import re
 import time
 from collections.abc import Iterable, Mapping
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from nemo_wandb_hook import config as config_mod
 from nemo_wandb_hook.config import ConfigError, ExportConfig
 from nemo_wandb_hook.redaction import Redactor
+from nemo_wandb_hook.report import ExportReport, TaskOutcome
 from nemo_wandb_hook.results import (
     LocateError,
     TaskError,
@@ -35,39 +36,6 @@ log = logging.getLogger(__name__)
 
 RUN_ID_MAX = 64
 LOCK_STALE_AFTER = 600.0
-
-
-@dataclass
-class TaskOutcome:
-    """What happened to one task; `status` is exported / unchanged / pending / failed /
-    staged / dry-run."""
-
-    invocation_id: str
-    task: str
-    job_id: str
-    status: str
-    run_id: str | None = None
-    run_path: str | None = None
-    offline_dir: str | None = None
-    error: str | None = None
-    metrics: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
-class ExportReport:
-    tasks: list[TaskOutcome] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-
-    @property
-    def failed(self) -> list[TaskOutcome]:
-        return [t for t in self.tasks if t.status in ("failed", "pending")]
-
-    @property
-    def ok(self) -> bool:
-        return not self.errors and not self.failed
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "errors": self.errors, "tasks": [asdict(t) for t in self.tasks]}
 
 
 @dataclass
@@ -159,6 +127,10 @@ def build_entry(
         artifact_name=safe_name(f"{loc.invocation_id}_{task.benchmark}"),
         log_artifacts=cfg.log_artifacts,
         mode=mode,
+        table=task.table,
+        log_tables=cfg.log_tables,
+        samples=[f["path"] for f in files if f["path"].startswith("samples/")],
+        samples_limit=cfg.samples_limit if cfg.log_samples else 0,
     )
 
 
@@ -194,6 +166,7 @@ def run_config(entries: list[SpoolEntry]) -> dict[str, Any]:
 
 def build_payload(pending: list[SpoolEntry], delivered: list[Delivery]) -> Any:
     """The run's full state: delivered tasks plus pending ones (pending wins)."""
+    from nemo_wandb_hook.tables import results_table, sample_tables
     from nemo_wandb_hook.wandb_sink import ArtifactPayload, RunPayload
 
     multi = pending[0].run.log_mode == "multi_task"
@@ -210,11 +183,15 @@ def build_payload(pending: list[SpoolEntry], delivered: list[Delivery]) -> Any:
         for e in pending
         if e.log_artifacts and e.files
     ]
+    tables = sample_tables(entries)
+    if pending[-1].log_tables:
+        tables["results"] = results_table(entries)
     return RunPayload(
         spec=pending[-1].run,
         config=run_config(entries),
         summary=merged_summary(entries),
         artifacts=artifacts,
+        tables=tables,
     )
 
 
@@ -237,7 +214,8 @@ def prepare(
         redactor = Redactor(cfg.redact)
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    staged = stage_task(loc, stage_dir, cfg.log_logs, redactor)
+    limit = cfg.samples_limit if cfg.log_samples else None
+    staged = stage_task(loc, stage_dir, cfg.log_logs, redactor, limit)
     files = [asdict(f) for f in staged.files]
     entry = build_entry(cfg, task, staged.directory, files, mode, slurm_env)
     return Prepared(loc, cfg, stage_dir, entry)

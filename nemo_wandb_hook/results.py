@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from nemo_wandb_hook import execdb
-from nemo_wandb_hook.metrics import MetricScore, MetricsError, flatten, select
+from nemo_wandb_hook.metrics import MetricScore, MetricsError, flatten, select, table_rows
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,7 @@ class TaskResult:
     metrics: dict[str, float]
     scores: list[MetricScore] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    table: list[list[Any]] = field(default_factory=list)
 
 
 def invocation_id_of(inv_dir: Path) -> str:
@@ -232,18 +233,22 @@ def read_task(
     results_dir = str(loc.task_dir)
     if executor == "slurm":
         results_dir = f"{socket.gethostname()}:{results_dir}"
+    benchmark = str(cfg.get("type") or loc.task_name.rsplit(".", 1)[-1])
+    harness = str(run_config.get("framework_name") or loc.task_name.split(".", 1)[0])
+    kept = select(flat, log_metrics)
     for message in flat.warnings:
         log.warning("%s: %s", loc.dir_name, message)
     return TaskResult(
         location=loc,
-        benchmark=str(cfg.get("type") or loc.task_name.rsplit(".", 1)[-1]),
-        harness=str(run_config.get("framework_name") or loc.task_name.split(".", 1)[0]),
+        benchmark=benchmark,
+        harness=harness,
         model_id=(target.get("api_endpoint") or {}).get("model_id"),
         launcher_command=metadata.get("launcher_command"),
         executor=executor,
         results_dir=results_dir,
         slurm_job_id=slurm_job_id,
-        metrics=select(flat, log_metrics),
+        metrics=kept,
         scores=flat.scores,
         warnings=flat.warnings,
+        table=table_rows(flat, kept, benchmark, harness),
     )

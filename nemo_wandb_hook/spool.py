@@ -72,6 +72,10 @@ class SpoolEntry:
     artifact_name: str
     log_artifacts: bool
     mode: str  # "online" | "offline" | "auto"
+    table: list[list[Any]] = field(default_factory=list)  # rows of the `results` table
+    log_tables: bool = True
+    samples: list[str] = field(default_factory=list)  # staged per-sample files (JSONL)
+    samples_limit: int = 0
     created_at: float = field(default_factory=time.time)
     digest: str = ""
 

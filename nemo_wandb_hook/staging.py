@@ -107,12 +107,16 @@ def inside(path: Path, root: Path) -> bool:
     return True
 
 
-def _copy_redacted(src: Path, dst: Path, redactor: Redactor) -> StagedFile:
+def _copy_redacted(
+    src: Path, dst: Path, redactor: Redactor, max_lines: int | None = None
+) -> StagedFile:
     dst.parent.mkdir(parents=True, exist_ok=True)
     h = hashlib.sha256()
     size = 0
     with src.open("rb") as fin, dst.open("wb") as fout:
-        for raw in fin:
+        for number, raw in enumerate(fin):
+            if max_lines is not None and number >= max_lines:
+                break
             line = redactor.line(raw.decode("utf-8", "surrogateescape"))
             data = line.encode("utf-8", "surrogateescape")
             h.update(data)
@@ -136,6 +140,14 @@ def _sources(loc: TaskLocation, log_logs: bool) -> list[tuple[str, Path]]:
     return pairs
 
 
+def sample_files(loc: TaskLocation) -> list[Path]:
+    """Per-sample outputs a harness wrote (lm-evaluation-harness: samples_<task>_*.jsonl)."""
+    artifacts = loc.task_dir / "artifacts"
+    found = sorted(artifacts.rglob("samples_*.jsonl")) if artifacts.is_dir() else []
+    return [p for p in found if not any(excluded(part) for part in p.relative_to(artifacts).parts)
+            and inside(p, loc.task_dir)]
+
+
 def planned_files(loc: TaskLocation, log_logs: bool) -> list[str]:
     """What `stage_task` would copy, for --dry-run; touches nothing."""
     return [
@@ -145,8 +157,14 @@ def planned_files(loc: TaskLocation, log_logs: bool) -> list[str]:
 
 
 def stage_task(
-    loc: TaskLocation, stage_dir: Path, log_logs: bool, redactor: Redactor
+    loc: TaskLocation,
+    stage_dir: Path,
+    log_logs: bool,
+    redactor: Redactor,
+    samples_limit: int | None = None,
 ) -> StagedTask:
+    """Stage the task's files; with `samples_limit`, also the first lines of each per-sample
+    file, under samples/."""
     final = stage_dir / loc.invocation_id / loc.dir_name
     files: list[StagedFile] = []
     try:
@@ -159,6 +177,10 @@ def stage_task(
                                 loc.dir_name, src)
                     continue
                 staged = _copy_redacted(src, tmp / name, redactor)
+                files.append(StagedFile(name, staged.size, staged.sha256))
+            for src in sample_files(loc) if samples_limit else []:
+                name = f"samples/{src.name}"
+                staged = _copy_redacted(src, tmp / name, redactor, max_lines=samples_limit)
                 files.append(StagedFile(name, staged.size, staged.sha256))
             if not any(f.path == "config.yaml" for f in files):
                 launcher = _launcher_config_from_metadata(tmp / "metadata.yaml")
