@@ -76,10 +76,14 @@ def find_tasks(request: HookRequest, job: SlurmJob | None, cwd: Path) -> list[Ta
                       "; pass --task-dir or --invocation-dir")
 
 
+class _HookLog(logging.FileHandler):
+    """<stage_dir>/hook.log, attached for one hook call."""
+
+
 def _log_to_file(stage_dir: Path) -> None:
     try:
         stage_dir.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(stage_dir / "hook.log")
+        handler = _HookLog(stage_dir / "hook.log")
     except OSError as err:
         log.warning("cannot log to %s: %s", stage_dir / "hook.log", err)
         return
@@ -87,6 +91,13 @@ def _log_to_file(stage_dir: Path) -> None:
         f"%(asctime)s {os.uname().nodename} pid={os.getpid()} "
         f"job={os.environ.get('SLURM_JOB_ID', '-')} %(levelname)s %(message)s"))
     logging.getLogger("nemo_wandb_hook").addHandler(handler)
+
+
+def _detach_hook_logs() -> None:
+    logger = logging.getLogger("nemo_wandb_hook")
+    for handler in [h for h in logger.handlers if isinstance(h, _HookLog)]:
+        logger.removeHandler(handler)
+        handler.close()
 
 
 def _watchdog(budget: float, strict: bool) -> threading.Timer:
@@ -113,20 +124,36 @@ def run_hook(request: HookRequest, env: Mapping[str, str] | None = None) -> Expo
     configs: list[ExportConfig] = resolve_configs(
         locations, None, request.config_file, request.overrides)
     budget = request.budget if request.budget is not None else configs[0].budget
-    _watchdog(budget, request.strict)
-    stage = request.stage_dir or configs[0].stage_dir or default_stage_dir(
-        locations[0].invocation_dir)
-    _log_to_file(Path(stage))
-    log.info("hook for %s (Slurm job %s)", ", ".join(loc.job_id for loc in locations),
-             job.job_id if job else "-")
-    run = ExportRun(
-        stage_dir=request.stage_dir,
-        wait_timeout=request.wait_timeout,
-        lock_wait=0.0,  # the lock holder drains our entry too; see pipeline.flush
-        deadline=started + budget * 0.9,
-        slurm_env={**env, **(job.ids() if job else {})},
-    )
-    return run.export(locations, configs)
+    watchdog = _watchdog(budget, request.strict)
+    try:
+        stage = request.stage_dir or configs[0].stage_dir or default_stage_dir(
+            locations[0].invocation_dir)
+        _log_to_file(Path(stage))
+        log.info("hook for %s (Slurm job %s)", ", ".join(loc.job_id for loc in locations),
+                 job.job_id if job else "-")
+        # This job's ids belong to the task only when the job ran it: a dependency job
+        # exporting a whole invocation leaves each task the ids its own files record.
+        own = request.invocation_dir is None
+        slurm_env = {k: v for k, v in env.items() if not k.startswith("SLURM_")}
+        if own and job is not None:
+            slurm_env.update(job.ids())
+        run = ExportRun(
+            stage_dir=request.stage_dir,
+            wait_timeout=request.wait_timeout,
+            # The lock holder drains our entry too (see pipeline.flush); only --strict, which
+            # must tell whether the export succeeded, waits for the lock.
+            lock_wait=budget if request.strict else 0.0,
+            deadline=started + budget * 0.9,
+            slurm_env=slurm_env,
+        )
+        report = run.export(locations, configs)
+        # The lock holder reports the other tasks it delivered; this hook answers for its own.
+        mine = {(loc.invocation_id, loc.dir_name) for loc in locations}
+        report.tasks = [t for t in report.tasks if (t.invocation_id, t.task) in mine]
+        log.log(logging.INFO if report.ok else logging.WARNING, "result:\n%s", report.summary())
+    finally:
+        watchdog.cancel()  # a caller in the same process must not be killed later
+    return report
 
 
 def exit_code(report: ExportReport, strict: bool) -> int:
@@ -145,6 +172,6 @@ def hook_main(request: HookRequest) -> int:
     except Exception:  # the node must survive whatever happened; the traceback is logged
         log.exception("hook failed unexpectedly")
         return 1 if request.strict else 0
-    level = logging.INFO if report.ok else logging.WARNING
-    log.log(level, "result:\n%s", report.summary())
+    finally:
+        _detach_hook_logs()
     return exit_code(report, request.strict)

@@ -29,7 +29,7 @@ from nemo_wandb_hook.results import (
     read_task,
     wait_for_results,
 )
-from nemo_wandb_hook.spool import Delivery, LockTimeout, RunSpec, Spool, SpoolEntry
+from nemo_wandb_hook.spool import Delivery, LockTimeout, PushError, RunSpec, Spool, SpoolEntry
 from nemo_wandb_hook.staging import StageError, default_stage_dir, planned_files, stage_task
 
 log = logging.getLogger(__name__)
@@ -205,15 +205,17 @@ def prepare(
     dry_run: bool = False,
 ) -> Prepared:
     """wait -> read -> stage for one task; raises TaskError/StageError naming the task."""
-    doc = wait_for_results(loc, wait_timeout)
-    task = read_task(loc, doc, cfg.log_stats, cfg.log_metrics)
-    if dry_run:
-        files = [{"path": p} for p in planned_files(loc, cfg.log_logs)]
-        return Prepared(loc, cfg, stage_dir, build_entry(cfg, task, None, files, mode, slurm_env))
     try:
         redactor = Redactor(cfg.redact)
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    doc = wait_for_results(loc, wait_timeout)
+    task = read_task(loc, doc, cfg.log_stats, cfg.log_metrics)
+    if task.launcher_command:  # goes into the run config; may carry `-o ...HF_TOKEN=...`
+        task.launcher_command = redactor.line(task.launcher_command)
+    if dry_run:
+        files = [{"path": p} for p in planned_files(loc, cfg.log_logs)]
+        return Prepared(loc, cfg, stage_dir, build_entry(cfg, task, None, files, mode, slurm_env))
     limit = cfg.samples_limit if cfg.log_samples else None
     staged = stage_task(loc, stage_dir, cfg.log_logs, redactor, limit)
     files = [asdict(f) for f in staged.files]
@@ -254,6 +256,7 @@ def _outcome(entry: SpoolEntry, status: str, **extra: Any) -> TaskOutcome:
         status=status,
         run_id=entry.run.run_id,
         metrics=dict(entry.metrics),
+        files=[f["path"] for f in entry.files],
         **extra,
     )
 
@@ -324,8 +327,6 @@ class Flusher:
 
     def _push(self, pending: list[SpoolEntry], slug: str) -> Any:
         """Push the run's state; with mode auto, fall back to an offline run if W&B is away."""
-        from nemo_wandb_hook.wandb_sink import PushError
-
         requested = self.mode or pending[-1].mode
         chosen = self._effective(requested)
         payload = build_payload(pending, self.spool.deliveries(slug))
@@ -338,8 +339,6 @@ class Flusher:
             return self._session("offline").push(payload)
 
     def flush_run(self, slug: str, lock_wait: float) -> list[TaskOutcome]:
-        from nemo_wandb_hook.wandb_sink import PushError
-
         spool = self.spool
         outcomes: list[TaskOutcome] = []
         for _ in range(3):  # look again after release: entries may have arrived meanwhile
@@ -436,7 +435,8 @@ class ExportRun:
                 report.tasks.append(TaskOutcome(loc.invocation_id, loc.dir_name, loc.job_id,
                                                 "failed", error=str(err)))
         if self.dry_run:
-            report.tasks += [_outcome(p.entry, "dry-run") for p in prepared]
+            report.tasks += [_outcome(p.entry, "dry-run", run_path=p.entry.run.path)
+                             for p in prepared]
             return report
         if "local" in dests:
             from nemo_wandb_hook.local import write_processed_results

@@ -20,6 +20,7 @@ class TaskOutcome:
     offline_dir: str | None = None
     error: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)  # staged (or, dry-run, planned) files
 
 
 @dataclass

@@ -23,6 +23,7 @@ YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 INVOCATION_ID = re.compile(r"^[0-9a-f]{8,16}$")
 JOB_ID = re.compile(r"^(?P<inv>[0-9a-f]{8,16})\.(?P<idx>\d+)$")
 TASK_DIR = re.compile(r"^(?P<name>.+)\.(?P<idx>\d+)$")
+SETTLED_AFTER = 2.0  # seconds without modification after which a file counts as complete
 
 
 class LocateError(LookupError):
@@ -163,7 +164,8 @@ def load_yaml_file(path: Path) -> Any:
 
 
 def wait_for_results(loc: TaskLocation, timeout: float, poll: float = 0.5) -> Any:
-    """Return results.yml parsed once it exists, parses, and has stopped growing.
+    """Return results.yml parsed once it exists, parses, and has stopped growing (same size
+    and mtime on two polls, or untouched for SETTLED_AFTER seconds).
 
     Listing the directory on each poll refreshes NFS attribute caches.
     """
@@ -179,7 +181,7 @@ def wait_for_results(loc: TaskLocation, timeout: float, poll: float = 0.5) -> An
             stat = (st.st_size, st.st_mtime_ns)
             if st.st_size == 0:
                 reason = "results.yml is empty"
-            elif stat == last_stat or timeout == 0:
+            elif stat == last_stat or timeout == 0 or time.time() - st.st_mtime > SETTLED_AFTER:
                 doc = load_yaml_file(loc.results_file)
                 if isinstance(doc, Mapping) and "results" in doc:
                     return doc
@@ -191,7 +193,7 @@ def wait_for_results(loc: TaskLocation, timeout: float, poll: float = 0.5) -> An
             reason = "results.yml does not exist"
         except yaml.YAMLError as err:
             reason = f"results.yml is not valid YAML ({str(err).splitlines()[0]})"
-            last_stat = None
+            last_stat = stat  # parse it again only once it changes: the reason stays this one
         if time.monotonic() >= deadline:
             waited = f" after waiting {timeout:g}s" if timeout else ""
             raise WaitTimeout(f"{loc.results_file}: {reason}{waited}")

@@ -20,7 +20,9 @@ log = logging.getLogger(__name__)
 
 SCONTROL_CANDIDATES = ("/usr/bin/scontrol", "/usr/local/bin/scontrol", "/opt/slurm/bin/scontrol")
 SCONTROL_TIMEOUT = 10.0
-FIELD = re.compile(r"(?:^|\s)([A-Za-z][\w:]*)=(\S*)")
+# A key starts a record or follows a space; its value runs to the next key, so values with
+# spaces (WorkDir=/data/my results) stay whole.
+KEY = re.compile(r"(?:^|\s)([A-Za-z][\w:/.]*)=")
 
 
 @dataclass(frozen=True)
@@ -63,8 +65,18 @@ def show_job(job_id: str) -> dict[str, str]:
     except (OSError, subprocess.SubprocessError) as err:
         log.warning("scontrol show job %s failed: %s", job_id, err)
         return {}
-    line = next((ln for ln in out.splitlines() if f"JobId={job_id} " in f"{ln} "), "")
-    return dict(FIELD.findall(line or out))
+    # An array job's id lists every task's record, and each has "ArrayJobId=<id>": pick the
+    # record whose own JobId is the one asked for.
+    records = [parse_record(ln) for ln in out.splitlines() if ln.strip()]
+    mine = [r for r in records if r.get("JobId") == job_id]
+    return mine[0] if mine else records[0] if len(records) == 1 else {}
+
+
+def parse_record(line: str) -> dict[str, str]:
+    """One `scontrol show --oneliner` record as a mapping."""
+    keys = list(KEY.finditer(line))
+    ends = [k.start() for k in keys[1:]] + [len(line)]
+    return {k.group(1): line[k.end():end].strip() for k, end in zip(keys, ends, strict=True)}
 
 
 def _int(value: str | None) -> int | None:

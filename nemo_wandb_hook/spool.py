@@ -32,6 +32,17 @@ class LockTimeout(TimeoutError):
     """Another process held the run's lock for longer than we may wait."""
 
 
+class PushError(RuntimeError):
+    """A run could not be written to W&B; `transient` says whether a later try may succeed.
+
+    Defined here, not in wandb_sink, so the flush loop can catch it without importing wandb.
+    """
+
+    def __init__(self, message: str, transient: bool) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """Which W&B run an entry goes to, and how it is labelled."""

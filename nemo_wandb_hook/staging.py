@@ -150,10 +150,15 @@ def sample_files(loc: TaskLocation) -> list[Path]:
 
 def planned_files(loc: TaskLocation, log_logs: bool) -> list[str]:
     """What `stage_task` would copy, for --dry-run; touches nothing."""
-    return [
+    names = [
         name for name, src in _sources(loc, log_logs)
         if src.is_file() and inside(src, loc.task_dir)
     ]
+    metadata = loc.task_dir / "artifacts" / "metadata.yaml"
+    if "config.yaml" not in names and "metadata.yaml" in names \
+            and _launcher_config_from_metadata(metadata) is not None:
+        names.append("config.yaml")  # stage_task writes it from metadata.yaml
+    return names
 
 
 def stage_task(

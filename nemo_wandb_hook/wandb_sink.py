@@ -21,20 +21,12 @@ import wandb
 
 from nemo_wandb_hook.config import RetryPolicy
 from nemo_wandb_hook.probe import base_url
-from nemo_wandb_hook.spool import RunSpec
+from nemo_wandb_hook.spool import PushError, RunSpec
 
 log = logging.getLogger(__name__)
 
 PERMANENT = re.compile(r"\b(400|401|403|404|409)\b|permission|not found|unauthori[sz]ed|"
                        r"previously created and deleted|invalid|api key", re.IGNORECASE)
-
-
-class PushError(RuntimeError):
-    """A run could not be written; `transient` says whether a later try may succeed."""
-
-    def __init__(self, message: str, transient: bool) -> None:
-        super().__init__(message)
-        self.transient = transient
 
 
 @dataclass
