@@ -10,7 +10,7 @@ import pytest
 
 from nemo_wandb_hook import example
 
-pytest_plugins = ["tests.support.slurm_fixture"]
+pytest_plugins = ["tests.support.slurm_fixture", "tests.support.backend_fixture"]
 
 CLOSED_PORT_URL = "http://127.0.0.1:9"
 
