@@ -211,10 +211,11 @@ def resolve(
     try:
         return ExportConfig.model_validate(merged)
     except ValidationError as err:
-        raise ConfigError(describe(err, merged)) from None
+        raise ConfigError(describe(err)) from None
 
 
-def describe(err: ValidationError, merged: Mapping[str, Any]) -> str:
+def describe(err: ValidationError) -> str:
+    """One line per problem: the key, the value given and what was expected."""
     lines = []
     for problem in err.errors():
         path = ".".join(str(p) for p in problem["loc"])

@@ -102,6 +102,12 @@ class SpoolEntry:
 
     def content_digest(self) -> str:
         body = {k: v for k, v in asdict(self).items() if k not in ("created_at", "digest", "mode")}
+        # Which Slurm job exported the task is provenance, not content: an export job after
+        # the array must find the tasks the array's own hooks delivered unchanged.
+        task = body["config"].get("task")
+        if isinstance(task, dict):
+            task = {k: v for k, v in task.items() if not k.startswith("slurm_")}
+            body["config"] = {**body["config"], "task": task}
         return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
 
