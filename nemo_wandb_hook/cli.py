@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import tempfile
 from dataclasses import asdict
@@ -77,6 +78,10 @@ def parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="export a bundled example invocation (offline unless a "
                           "W&B account is configured)")
     demo.add_argument("--dir", type=Path, help="where to write the example (default: a temp dir)")
+    demo.add_argument("--entity", default=os.environ.get("WANDB_ENTITY", "demo"),
+                      help="W&B entity (default: $WANDB_ENTITY or 'demo')")
+    demo.add_argument("--project", default=os.environ.get("WANDB_PROJECT", "nemo-wandb-hook-demo"),
+                      help="W&B project (default: $WANDB_PROJECT or 'nemo-wandb-hook-demo')")
     return top
 
 
@@ -184,12 +189,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     root = args.dir or Path(tempfile.mkdtemp(prefix="nemo-wandb-hook-demo-"))
     inv_dir = write_invocation(root, example_tasks())
     print(f"example invocation: {inv_dir}")
-    report = export_results([str(inv_dir)], overrides=["log_mode=multi_task"])
+    overrides = ["log_mode=multi_task", f"entity={args.entity}", f"project={args.project}"]
+    report = export_results([str(inv_dir)], overrides=overrides)
     print_report(report, as_json=False)
-    stage = inv_dir / "wandb-export"
-    print(f"staged files and spool: {stage}")
+    print(f"staged files and spool: {inv_dir / 'wandb-export'}")
     if any(t.offline_dir for t in report.tasks):
-        print(f"offline runs written; upload them later with: wandb sync {stage / 'wandb'}")
+        print(f"offline run written; upload it later with: nemo-wandb-hook sync {inv_dir}")
+    print(f"where each task stands: nemo-wandb-hook status {inv_dir}")
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
