@@ -13,8 +13,9 @@
 #   NEMO_WANDB_HOOK_BUDGET    seconds the hook may take (default 60)
 #   NEMO_WANDB_HOOK_ARGS      extra arguments for `nemo-wandb-hook hook`
 # Credentials: the first of $NEMO_WANDB_HOOK_CREDENTIALS and
-# ~<job user>/.config/nemo-wandb-hook/credentials that exists; only WANDB_* and
-# NEMO_WANDB_HOOK_* lines of the form NAME=VALUE are taken from it (never executed).
+# ~<job user>/.config/nemo-wandb-hook/credentials that exists (the user's file is read with
+# the user's permissions, never root's); only WANDB_* and NEMO_WANDB_HOOK_* lines of the form
+# NAME=VALUE are taken from it (never executed).
 
 PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin
 export PATH
@@ -22,9 +23,17 @@ export PATH
 here=$(cd "$(/usr/bin/dirname "$0")" && pwd)
 [ -r /etc/nemo-wandb-hook/epilog.env ] && . /etc/nemo-wandb-hook/epilog.env
 
+# read_credentials FILE [UID GID]: with UID, the file is read with that user's permissions,
+# so a link from a user's file to one only root may read yields nothing.
 read_credentials() {
-    local file=$1 line name value
-    [ -r "$file" ] || return 1
+    local file=$1 uid=${2:-} gid=${3:-} line name value text
+    if [ -n "$uid" ]; then
+        text=$(/usr/bin/setpriv --reuid="$uid" --regid="$gid" --init-groups \
+            /bin/cat -- "$file" 2>/dev/null) || return 1
+    else
+        [ -r "$file" ] || return 1
+        text=$(/bin/cat -- "$file") || return 1
+    fi
     while IFS= read -r line || [ -n "$line" ]; do
         case "$line" in
             WANDB_*=*|NEMO_WANDB_HOOK_*=*) ;;
@@ -34,17 +43,24 @@ read_credentials() {
         value=${line#*=}
         case "$name" in *[!A-Za-z0-9_]*) continue ;; esac
         export "$name=$value"
-    done < "$file"
+    done <<< "$text"
     return 0
 }
 
-user_home=""
+user_home="" user_ids=()
 if [ -n "${SLURM_JOB_USER:-}" ]; then
     user_home=$(/usr/bin/getent passwd "$SLURM_JOB_USER" | /usr/bin/cut -d: -f6)
+    job_uid=${SLURM_JOB_UID:-$(/usr/bin/id -u "$SLURM_JOB_USER" 2>/dev/null)}
+    job_gid=${SLURM_JOB_GID:-$(/usr/bin/id -g "$SLURM_JOB_USER" 2>/dev/null)}
+    if [ "$(/usr/bin/id -u)" = 0 ] && [ "${job_uid:-0}" != 0 ]; then
+        user_ids=("$job_uid" "${job_gid:-$job_uid}")  # root reads the user's file as the user
+    fi
 fi
-for file in "${NEMO_WANDB_HOOK_CREDENTIALS:-}" "${user_home:+$user_home/.config/nemo-wandb-hook/credentials}"; do
-    [ -n "$file" ] && read_credentials "$file" && break
-done
+# The site's file (set by the admin, e.g. in epilog.env) first, then the user's own.
+if [ -z "${NEMO_WANDB_HOOK_CREDENTIALS:-}" ] || ! read_credentials "$NEMO_WANDB_HOOK_CREDENTIALS"; then
+    [ -n "$user_home" ] && read_credentials "$user_home/.config/nemo-wandb-hook/credentials" \
+        "${user_ids[@]}"
+fi
 
 bin=${NEMO_WANDB_HOOK_BIN:-$here/../.venv/bin/nemo-wandb-hook}
 budget=${NEMO_WANDB_HOOK_BUDGET:-60}

@@ -123,6 +123,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         dry_run=args.dry_run,
     )
     print_report(report, args.json)
+    if report.errors and not report.tasks:
+        return EXIT_USAGE  # no target could be found: nothing was tried
     return EXIT_OK if report.ok else EXIT_FAILED
 
 

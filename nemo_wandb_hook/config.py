@@ -52,6 +52,11 @@ class ExportConfig(BaseModel):
     webhook_source: str | None = None
     source_artifact: str | None = None
     config_source: str | None = None
+    # The launcher's generic exporter keys: `job_dirs` adds roots to search for ids;
+    # `only_required` is accepted for compatibility (we always stage the required and
+    # optional result files, never caches).
+    job_dirs: list[Path] = Field(default_factory=list)
+    only_required: bool = True
     # Ours, on top of the launcher's keys.
     stage_dir: Path | None = None
     mode: Literal["auto", "online", "offline"] = "auto"
@@ -178,6 +183,35 @@ def task_launcher_config(artifacts_dir: Path) -> tuple[dict[str, Any], str | Non
     return {}, None
 
 
+def user_settings(
+    config_file: Path | None,
+    overrides: list[str] | None,
+    api: Mapping[str, Any] | None,
+) -> tuple[dict[str, Any], list[str]]:
+    """The sources a user wrote (--config, config=, -o), merged, and where they came from."""
+    looked: list[str] = []
+    merged: dict[str, Any] = {}
+    if config_file is not None:
+        looked.append(str(config_file))
+        section = wandb_section(load_yaml(config_file), str(config_file))
+        merged = merge(merged, normalize(section, str(config_file)))
+    if api:
+        looked.append("config= argument")
+        merged = merge(merged, normalize(api, "config= argument"))
+    if overrides:
+        looked.append("-o options")
+        merged = merge(merged, normalize(parse_overrides(overrides), "-o"))
+    return merged, looked
+
+
+def search_roots(
+    config_file: Path | None, overrides: list[str] | None, api: Mapping[str, Any] | None
+) -> list[Path]:
+    """`job_dirs` from the user's sources, needed before any task (and its config) is found."""
+    roots = user_settings(config_file, overrides, api)[0].get("job_dirs") or []
+    return [Path(r).expanduser() for r in ([roots] if isinstance(roots, str) else roots)]
+
+
 def resolve(
     artifacts_dir: Path | None,
     config_file: Path | None = None,
@@ -191,16 +225,9 @@ def resolve(
         found, where = task_launcher_config(artifacts_dir)
         looked.append(where or f"{artifacts_dir}/{{config.yml,metadata.yaml,export_config.yml}}")
         merged = merge(merged, found)
-    if config_file is not None:
-        looked.append(str(config_file))
-        section = wandb_section(load_yaml(config_file), str(config_file))
-        merged = merge(merged, normalize(section, str(config_file)))
-    if api:
-        looked.append("config= argument")
-        merged = merge(merged, normalize(api, "config= argument"))
-    if overrides:
-        looked.append("-o options")
-        merged = merge(merged, normalize(parse_overrides(overrides), "-o"))
+    user, where = user_settings(config_file, overrides, api)
+    merged = merge(merged, user)
+    looked += where
     missing = [k for k in ("entity", "project") if not merged.get(k)]
     if missing:
         raise ConfigError(

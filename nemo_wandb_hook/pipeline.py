@@ -9,6 +9,7 @@ import hashlib
 import logging
 import os
 import re
+import shlex
 import time
 from collections.abc import Iterable, Mapping
 from contextlib import ExitStack
@@ -302,6 +303,9 @@ class Flusher:
         self.stack = ExitStack()
         self.sessions: dict[str, Any] = {}
         self.decided: dict[str, str] = {}
+        # The run for which W&B did not answer within the retry deadline: the other runs of
+        # this call are not tried online, so an absent W&B costs one deadline, not one per run.
+        self.unreachable: str | None = None
 
     def __enter__(self) -> Flusher:
         return self
@@ -331,8 +335,16 @@ class Flusher:
         chosen = self._effective(requested)
         payload = build_payload(pending, self.spool.deliveries(slug))
         try:
+            if chosen == "online" and self.unreachable:
+                stage = shlex.quote(str(self.spool.root.parent))
+                raise PushError(
+                    f"W&B run {payload.spec.path}: not tried, W&B did not answer for run "
+                    f"{self.unreachable} earlier in this call; the export stays pending: run "
+                    f"`nemo-wandb-hook flush --stage-dir {stage}` later", transient=True)
             return self._session(chosen).push(payload)
         except PushError as err:
+            if err.transient and chosen == "online" and self.unreachable is None:
+                self.unreachable = payload.spec.path
             if not (err.transient and requested == "auto" and chosen == "online"):
                 raise
             log.warning("%s; writing an offline run instead", err)
@@ -383,12 +395,13 @@ def export_results(
     that task's outcome while the other tasks go on.
     """
     targets = [targets] if isinstance(targets, str) else list(targets)
+    config_path = Path(config_file) if config_file else None
+    roots = [Path(j) for j in job_dirs] + config_mod.search_roots(config_path, overrides, config)
     try:
-        locations = locate_all(targets, [Path(j) for j in job_dirs])
+        locations = locate_all(targets, roots)
     except LocateError as err:
         return ExportReport(errors=[str(err)])
-    configs = resolve_configs(locations, config, Path(config_file) if config_file else None,
-                              overrides)
+    configs = resolve_configs(locations, config, config_path, overrides)
     run = ExportRun(dest=dest, offline=offline, stage_dir=stage_dir, dry_run=dry_run,
                     wait_timeout=wait_timeout)
     return run.export(locations, configs)
@@ -452,10 +465,12 @@ class ExportRun:
         """Enqueue each prepared task, then flush the runs they belong to."""
         outcomes: list[TaskOutcome] = []
         runs: dict[Path, dict[str, ExportConfig]] = {}
+        enqueued: list[Prepared] = []
         for item in prepared:
             spool = Spool(item.stage_dir)
             if spool.enqueue(item.entry):
                 runs.setdefault(item.stage_dir, {})[item.entry.run.slug] = item.config
+                enqueued.append(item)
             else:
                 done = spool.delivery(item.entry.run.slug, item.entry.name)
                 outcomes.append(delivered_outcome(done, "unchanged") if done
@@ -464,4 +479,21 @@ class ExportRun:
             policy = next(iter(slugs.values())).retry
             retry = policy.model_copy(update={"deadline": self.remaining(policy.deadline)})
             outcomes += flush(stage, list(slugs), retry=retry, lock_wait=self.lock_wait)
+        # Another process holding the run's lock may have delivered our entries meanwhile:
+        # flush then reports nothing for them, but each task still gets its outcome.
+        reported = {(o.invocation_id, o.task) for o in outcomes}
+        for item in enqueued:
+            entry = item.entry
+            if (entry.invocation_id, entry.task) in reported:
+                continue
+            spool = Spool(item.stage_dir)
+            done = spool.delivery(entry.run.slug, entry.name)
+            if done is not None and done.entry.digest == entry.digest:
+                outcomes.append(delivered_outcome(done))
+            else:
+                stage = shlex.quote(str(item.stage_dir))
+                outcomes.append(_outcome(entry, "pending", error=(
+                    f"not delivered yet; another process holds the lock of run "
+                    f"{entry.run.path}. Run `nemo-wandb-hook flush --stage-dir {stage}` if it "
+                    "stays pending")))
         return outcomes

@@ -148,6 +148,14 @@ def sample_files(loc: TaskLocation) -> list[Path]:
             and inside(p, loc.task_dir)]
 
 
+def _sample_name(src: Path, samples: list[Path], loc: TaskLocation) -> str:
+    """The file name; its path under artifacts/ when another samples file has the same name
+    (one per model directory, say), so that neither overwrites the other."""
+    if sum(p.name == src.name for p in samples) == 1:
+        return src.name
+    return src.relative_to(loc.task_dir / "artifacts").as_posix()
+
+
 def planned_files(loc: TaskLocation, log_logs: bool) -> list[str]:
     """What `stage_task` would copy, for --dry-run; touches nothing."""
     names = [
@@ -183,8 +191,9 @@ def stage_task(
                     continue
                 staged = _copy_redacted(src, tmp / name, redactor)
                 files.append(StagedFile(name, staged.size, staged.sha256))
-            for src in sample_files(loc) if samples_limit else []:
-                name = f"samples/{src.name}"
+            samples = sample_files(loc) if samples_limit else []
+            for src in samples:
+                name = f"samples/{_sample_name(src, samples, loc)}"
                 staged = _copy_redacted(src, tmp / name, redactor, max_lines=samples_limit)
                 files.append(StagedFile(name, staged.size, staged.sha256))
             if not any(f.path == "config.yaml" for f in files):

@@ -127,7 +127,10 @@ def prune(stage_dir: Path) -> list[Path]:
         if delivery.mode != "offline":
             continue
         piece = Path(delivery.location)
-        (synced if delivery.synced_at is not None and is_synced(piece) else needed).add(piece)
+        if delivery.synced_at is None:
+            needed.add(piece)
+        elif is_synced(piece):  # a piece pruned earlier is gone: no longer needs anything
+            synced.add(piece)
     removed = []
     for piece in sorted(synced - needed):
         if piece.is_dir():

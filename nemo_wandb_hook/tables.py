@@ -49,6 +49,7 @@ def sample_tables(entries: list[SpoolEntry]) -> dict[str, tuple[list[str], list[
         for rel in e.samples:
             path = Path(e.staged_dir) / rel
             if path.is_file():
-                key = f"samples/{e.task}/{path.stem}_first{e.samples_limit}"
+                name = rel.removeprefix("samples/").removesuffix(".jsonl")
+                key = f"samples/{e.task}/{name}_first{e.samples_limit}"
                 tables[key] = samples_table(path, e.samples_limit)
     return tables

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shlex
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -164,11 +165,15 @@ class WandbSession:
                         state.attempt_number, str(err).splitlines()[0] if err else "?")
         return hook
 
+    def flush_command(self) -> str:
+        """The command that delivers what stays pending, runnable as printed."""
+        return f"nemo-wandb-hook flush --stage-dir {shlex.quote(str(self.stage_dir))}"
+
     def _explain(self, spec: RunSpec, err: BaseException) -> PushError:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0].rstrip(".")
         if is_transient(err):
             advice = ("W&B did not answer in time; the export stays pending: run "
-                      "`nemo-wandb-hook flush` later")
+                      f"`{self.flush_command()}` later")
             return PushError(f"W&B run {spec.path}: {first}. {advice}", transient=True)
         advice = ("check the API key (WANDB_API_KEY), that entity and project exist and you "
                   "may write to them, and that the run id was not deleted (set run_id)")

@@ -30,7 +30,7 @@ def offline_wandb_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         "WANDB_CONFIG_DIR": "wandb_config",
     }
     for var, name in dirs.items():
-        (tmp_path / name).mkdir()
+        (tmp_path / name).mkdir(exist_ok=True)  # the autouse conftest fixture made it
         monkeypatch.setenv(var, str(tmp_path / name))
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")
