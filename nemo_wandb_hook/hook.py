@@ -100,23 +100,39 @@ def _detach_hook_logs() -> None:
         handler.close()
 
 
-def _watchdog(budget: float, strict: bool) -> threading.Timer:
+def process_age() -> float:
+    """Seconds since this process started (Linux /proc), 0 when unknown. The budget counts
+    from there: starting Python and importing can take seconds on a busy node or a venv on a
+    shared filesystem, and Slurm's KillWait started before the hook did."""
+    try:
+        after_name = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        start_ticks = int(after_name[19])  # field 22, starttime, in clock ticks after boot
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def _watchdog(budget: float, strict: bool, started: float) -> threading.Timer:
     def give_up() -> None:
         log.error("budget of %gs used up; what was not delivered stays pending in the spool "
                   "(run `nemo-wandb-hook flush`)", budget)
         logging.shutdown()
         os._exit(GIVE_UP_EXIT if strict else 0)
 
-    timer = threading.Timer(budget, give_up)
+    timer = threading.Timer(max(0.0, started + budget - time.monotonic()), give_up)
     timer.daemon = True
     timer.start()
     return timer
 
 
-def run_hook(request: HookRequest, env: Mapping[str, str] | None = None) -> ExportReport:
-    """Locate, wait, stage, enqueue and try one bounded flush; raises ConfigError/LocateError."""
+def run_hook(request: HookRequest, env: Mapping[str, str] | None = None,
+             started: float | None = None) -> ExportReport:
+    """Locate, wait, stage, enqueue and try one bounded flush; raises ConfigError/LocateError.
+
+    The budget counts from `started` (time.monotonic()), by default from this call."""
     env = os.environ if env is None else env
-    started = time.monotonic()
+    started = time.monotonic() if started is None else started
     job = current_job(env)
     if job is not None:
         drop_privileges(job)
@@ -124,7 +140,7 @@ def run_hook(request: HookRequest, env: Mapping[str, str] | None = None) -> Expo
     configs: list[ExportConfig] = resolve_configs(
         locations, None, request.config_file, request.overrides)
     budget = request.budget if request.budget is not None else configs[0].budget
-    watchdog = _watchdog(budget, request.strict)
+    watchdog = _watchdog(budget, request.strict, started)
     try:
         stage = request.stage_dir or configs[0].stage_dir or default_stage_dir(
             locations[0].invocation_dir)
@@ -163,9 +179,10 @@ def exit_code(report: ExportReport, strict: bool) -> int:
 
 
 def hook_main(request: HookRequest) -> int:
-    """Never raise and, unless strict, never fail: an epilogue must not drain the node."""
+    """The `hook` command: never raise and, unless strict, never fail (an epilogue must not
+    drain the node). Its budget counts from the start of the process."""
     try:
-        report = run_hook(request)
+        report = run_hook(request, started=time.monotonic() - process_age())
     except (ConfigError, LocateError) as err:
         log.error("%s", err)
         return 2 if request.strict else 0

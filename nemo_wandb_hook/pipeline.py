@@ -353,7 +353,10 @@ class Flusher:
     def flush_run(self, slug: str, lock_wait: float) -> list[TaskOutcome]:
         spool = self.spool
         outcomes: list[TaskOutcome] = []
-        for _ in range(3):  # look again after release: entries may have arrived meanwhile
+        # Look again after each release: an entry enqueued while we held the lock, whose own
+        # caller found the lock busy and left, is ours to deliver, however often that happens
+        # (a hook's budget bounds this loop; each round delivers what arrived).
+        while True:
             try:
                 with spool.lock(slug, timeout=lock_wait, stale_after=LOCK_STALE_AFTER):
                     while pending := spool.pending(slug):
