@@ -49,7 +49,7 @@ def write_processed_results(prepared: list[Prepared]) -> list[Path]:
 
 
 def _fmt(value: Any) -> str:
-    return "" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
+    return "" if value is None else f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
 def results_markdown(out_dir: Path) -> str:

@@ -30,13 +30,20 @@ from nemo_wandb_hook.results import (
     read_task,
     wait_for_results,
 )
-from nemo_wandb_hook.spool import Delivery, LockTimeout, PushError, RunSpec, Spool, SpoolEntry
+from nemo_wandb_hook.spool import (
+    LOCK_STALE_AFTER,
+    Delivery,
+    LockTimeout,
+    PushError,
+    RunSpec,
+    Spool,
+    SpoolEntry,
+)
 from nemo_wandb_hook.staging import StageError, default_stage_dir, planned_files, stage_task
 
 log = logging.getLogger(__name__)
 
 RUN_ID_MAX = 64
-LOCK_STALE_AFTER = 600.0
 
 
 @dataclass

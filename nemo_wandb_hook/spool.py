@@ -28,6 +28,9 @@ from nemo_wandb_hook.staging import atomic_write
 log = logging.getLogger(__name__)
 
 
+LOCK_STALE_AFTER = 600.0  # seconds after which any holder's lock counts as abandoned
+
+
 class LockTimeout(TimeoutError):
     """Another process held the run's lock for longer than we may wait."""
 

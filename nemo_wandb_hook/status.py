@@ -42,9 +42,6 @@ def collect(stage_dir: Path, locations: list[TaskLocation] | None = None) -> lis
         inv, task = manifest.parent.parent.name, manifest.parent.name
         found[(inv, task)] = TaskStatus(inv, task, "staged", where=str(manifest.parent),
                                         since=manifest.stat().st_mtime)
-    for failure in spool.task_failures():
-        key = (failure["invocation_id"], failure["task"])
-        found[key] = TaskStatus(*key, "failed", reason=failure["error"], since=failure["at"])
     for delivery in spool.all_deliveries():
         e = delivery.entry
         if delivery.synced_at is not None:
@@ -53,6 +50,13 @@ def collect(stage_dir: Path, locations: list[TaskLocation] | None = None) -> lis
             state, since = f"exported-{delivery.mode}", delivery.pushed_at
         found[(e.invocation_id, e.task)] = TaskStatus(e.invocation_id, e.task, state,
                                                       where=delivery.location, since=since)
+    for failure in spool.task_failures():  # a failed re-export after a delivery shows
+        key = (failure["invocation_id"], failure["task"])
+        earlier = found.get(key)
+        if earlier is None or earlier.state in ("waiting", "new", "staged") or (
+                earlier.since or 0) < failure["at"]:
+            found[key] = TaskStatus(*key, "failed", reason=failure["error"],
+                                    since=failure["at"], where=earlier.where if earlier else "")
     for slug in spool.pending_runs():
         failure = spool.failure(slug) or {}
         for e in spool.pending(slug):

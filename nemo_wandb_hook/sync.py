@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nemo_wandb_hook.probe import api_key_available, base_url, host_answers
-from nemo_wandb_hook.spool import Delivery, Spool
+from nemo_wandb_hook.spool import LOCK_STALE_AFTER, Delivery, LockTimeout, Spool
 
 log = logging.getLogger(__name__)
 
@@ -94,27 +94,43 @@ def sync_stage(stage_dir: Path, invocations: set[str] | None = None,
         return results
     blocker = _reachable()
     for run_path, pieces in sorted(todo.items()):
-        ordered = sorted(pieces, key=start_order)
-        result = SyncResult(run_path, [str(p) for p in ordered])
-        missing = [p for p in ordered if wandb_file(p) is None]
-        if missing:
-            result.status, result.error = "failed", "offline run directory gone: " + ", ".join(
-                map(str, missing))
-        elif blocker:
-            result.status, result.error = "skipped", blocker
+        if blocker:
+            result = SyncResult(run_path, [str(p) for p in sorted(pieces, key=start_order)],
+                                "skipped", blocker)
         else:
-            pending = [p for p in ordered if not is_synced(p)]
-            error = upload(pending, timeout) if pending else None
-            if error:
-                result.status, result.error = "failed", error
-            else:
-                for piece in ordered:
-                    for delivery in pieces[piece]:
-                        spool.mark_synced(delivery)
+            slug = next(iter(pieces.values()))[0].entry.run.slug
+            try:
+                with spool.lock(slug, timeout=timeout, stale_after=LOCK_STALE_AFTER):
+                    result = _sync_run(spool, run_path, pieces, timeout)
+            except LockTimeout as err:
+                result = SyncResult(run_path, [str(p) for p in pieces], "skipped", str(err))
         log.log(logging.INFO if result.status == "synced" else logging.WARNING,
                 "%s: %s%s", run_path, result.status, f" ({result.error})" if result.error else "")
         results.append(result)
     return results
+
+
+def _sync_run(spool: Spool, run_path: str, pieces: dict[Path, list[Delivery]],
+              timeout: float) -> SyncResult:
+    """Upload one run's pieces under its lock (a second `sync` must not upload them again).
+
+    A piece whose directory is gone is reported, and the others are still uploaded: each piece
+    carries the run's full state up to its time, so the newest one matters most.
+    """
+    ordered = sorted(pieces, key=start_order)
+    present = [p for p in ordered if wandb_file(p) is not None]
+    gone = [p for p in ordered if p not in present]
+    todo = [p for p in present if not is_synced(p)]  # another sync may have done some
+    error = upload(todo, timeout) if todo else None
+    if error is None:
+        for piece in present:
+            for delivery in pieces[piece]:
+                spool.mark_synced(delivery)
+    if gone:
+        gone_text = "offline run directory gone: " + ", ".join(map(str, gone))
+        error = f"{error}; {gone_text}" if error else gone_text
+    return SyncResult(run_path, [str(p) for p in ordered], "failed" if error else "synced",
+                      error)
 
 
 def prune(stage_dir: Path) -> list[Path]:

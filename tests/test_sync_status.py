@@ -534,3 +534,56 @@ def test_status_without_anything_exported(make_invocation):
     proc = run_cli("status", "--stage-dir", inv_dir / "nowhere")
     assert proc.returncode == 0
     assert "nothing exported or staged here yet" in proc.stdout
+
+
+def test_a_vanished_piece_does_not_block_the_other_pieces_of_its_run(
+    wandb_backend, make_invocation
+):
+    inv_dir = make_invocation()
+    pieces = export_each_task_separately(inv_dir)
+    for path in files_under(pieces[0]):
+        path.unlink()  # the oldest piece is gone (deleted by hand, scratch purge, ...)
+    proc, result = cli_json("sync", inv_dir)
+    assert proc.returncode != 0
+    (run,) = result["runs"]
+    assert run["status"] == "failed" and f"offline run directory gone: {pieces[0]}" in run["error"]
+    assert sync_markers(pieces[1:]) == [True, True]
+    # the newest piece carries the merged state: the run is complete all the same
+    rec = wandb_backend.run(ENTITY, PROJECT, INV)
+    assert {k: v for k, v in rec.user_summary().items() if k != "results"} == ALL_METRICS
+    assert states(inv_dir) == {TASKS[0]: "exported-offline", TASKS[1]: "synced",
+                               TASKS[2]: "synced"}
+
+
+def test_two_syncs_at_once_upload_each_piece_once(wandb_backend, make_invocation):
+    # Reference: what one sync of three pieces sends.
+    alone = make_invocation(invocation_id="aaaaaaaaaaaaaaaa")
+    export_each_task_separately(alone)
+    before = upload_requests(wandb_backend)
+    assert run_cli("sync", alone).returncode == 0
+    one_sync = upload_requests(wandb_backend) - before
+
+    inv_dir = make_invocation()
+    export_each_task_separately(inv_dir)
+    before = upload_requests(wandb_backend)
+    procs = [subprocess.Popen([sys.executable, "-m", "nemo_wandb_hook", "sync", str(inv_dir)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert upload_requests(wandb_backend) - before == one_sync  # not twice as many
+    rec = wandb_backend.run(ENTITY, PROJECT, INV)
+    assert {k: v for k, v in rec.user_summary().items() if k != "results"} == ALL_METRICS
+    assert set(states(inv_dir).values()) == {"synced"}
+
+
+def test_status_shows_a_failed_re_export_after_a_delivery(make_invocation):
+    inv_dir = make_invocation([gsm8k_task()])
+    export_offline(inv_dir)
+    results = inv_dir / "gsm8k.0" / "artifacts" / "results.yml"
+    results.write_text("results: [not, metrics]\n")
+    proc = run_cli("export", inv_dir, "--offline", *ORG_ARGS)
+    assert proc.returncode == 1
+    proc, rows = cli_json("status", inv_dir)
+    ((row),) = rows
+    assert row["state"] == "failed" and "results.yml" in row["reason"]
