@@ -24,7 +24,7 @@ from nemo_wandb_hook.results import (
     locate,
     task_dirs,
 )
-from nemo_wandb_hook.slurm import SlurmJob, current_job, drop_privileges
+from nemo_wandb_hook.slurm import SlurmJob, UnknownOwner, current_job, drop_privileges
 from nemo_wandb_hook.staging import default_stage_dir
 
 log = logging.getLogger(__name__)
@@ -183,7 +183,7 @@ def hook_main(request: HookRequest) -> int:
     drain the node). Its budget counts from the start of the process."""
     try:
         report = run_hook(request, started=time.monotonic() - process_age())
-    except (ConfigError, LocateError) as err:
+    except (ConfigError, LocateError, UnknownOwner) as err:
         log.error("%s", err)
         return 2 if request.strict else 0
     except Exception:  # the node must survive whatever happened; the traceback is logged

@@ -25,6 +25,10 @@ SCONTROL_TIMEOUT = 10.0
 KEY = re.compile(r"(?:^|\s)([A-Za-z][\w:/.]*)=")
 
 
+class UnknownOwner(RuntimeError):
+    """Running as root for a job whose user cannot be told: nothing may be done as root."""
+
+
 @dataclass(frozen=True)
 class SlurmJob:
     job_id: str
@@ -117,8 +121,12 @@ def current_job(env: Mapping[str, str]) -> SlurmJob | None:
 def drop_privileges(job: SlurmJob) -> None:
     """Running as root in a slurm.conf epilogue: act as the job's owner from here on, so no
     root-owned file lands in the user's directories."""
-    if os.geteuid() != 0 or job.uid in (None, 0):
+    if os.geteuid() != 0 or job.uid == 0:
         return
+    if job.uid is None:
+        raise UnknownOwner(
+            f"running as root, but the owner of Slurm job {job.job_id} is unknown (no "
+            "SLURM_JOB_UID, and scontrol did not tell): not touching its files as root")
     uid = job.uid
     try:
         entry = pwd.getpwuid(uid)
