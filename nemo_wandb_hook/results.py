@@ -163,7 +163,7 @@ def load_yaml_file(path: Path) -> Any:
         return yaml.load(fh, Loader=YAML_LOADER)
 
 
-def wait_for_results(loc: TaskLocation, timeout: float, poll: float = 0.5) -> Any:
+def wait_for_results(loc: TaskLocation, timeout: float, poll: float = 0.25) -> Any:
     """Return results.yml parsed once it exists, parses, and has stopped growing (same size
     and mtime on two polls, or untouched for SETTLED_AFTER seconds).
 
