@@ -13,9 +13,10 @@
 #   NEMO_WANDB_HOOK_BUDGET    seconds the hook may take (default 60)
 #   NEMO_WANDB_HOOK_ARGS      extra arguments for `nemo-wandb-hook hook`
 # Credentials: the first of $NEMO_WANDB_HOOK_CREDENTIALS and
-# ~<job user>/.config/nemo-wandb-hook/credentials that exists (the user's file is read with
-# the user's permissions, never root's); only WANDB_* and NEMO_WANDB_HOOK_* lines of the form
-# NAME=VALUE are taken from it (never executed).
+# ~<job user>/.config/nemo-wandb-hook/credentials that exists; only WANDB_* and
+# NEMO_WANDB_HOOK_* lines of the form NAME=VALUE are taken from it (never executed). Running
+# as root, the user's file is read with the user's permissions and only its WANDB_* lines
+# count (the NEMO_WANDB_HOOK_* settings are the admin's).
 
 PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin
 export PATH
@@ -24,7 +25,8 @@ here=$(cd "$(/usr/bin/dirname "$0")" && pwd)
 [ -r /etc/nemo-wandb-hook/epilog.env ] && . /etc/nemo-wandb-hook/epilog.env
 
 # read_credentials FILE [UID GID]: with UID, the file is read with that user's permissions,
-# so a link from a user's file to one only root may read yields nothing.
+# so a link from a user's file to one only root may read yields nothing, and only its WANDB_*
+# lines count: a user must not choose what root runs (NEMO_WANDB_HOOK_BIN) or for how long.
 read_credentials() {
     local file=$1 uid=${2:-} gid=${3:-} line name value text
     if [ -n "$uid" ]; then
@@ -36,7 +38,8 @@ read_credentials() {
     fi
     while IFS= read -r line || [ -n "$line" ]; do
         case "$line" in
-            WANDB_*=*|NEMO_WANDB_HOOK_*=*) ;;
+            WANDB_*=*) ;;
+            NEMO_WANDB_HOOK_*=*) [ -z "$uid" ] || continue ;;
             *) continue ;;
         esac
         name=${line%%=*}

@@ -87,6 +87,11 @@ def _int(value: str | None) -> int | None:
     return int(value) if value and value.isdigit() else None
 
 
+def _first(*values: int | None) -> int | None:
+    """The first known value: uid/gid 0 (root) is a value, not a gap."""
+    return next((v for v in values if v is not None), None)
+
+
 def _path(value: str | None) -> Path | None:
     return Path(value) if value and value not in ("(null)", "") else None
 
@@ -104,8 +109,9 @@ def current_job(env: Mapping[str, str]) -> SlurmJob | None:
         info = show_job(job_id)
     uid_field = info.get("UserId", "")  # "alice(1000)"
     user = env.get("SLURM_JOB_USER") or uid_field.split("(")[0] or None
-    uid = _int(env.get("SLURM_JOB_UID")) or _int(uid_field.partition("(")[2].rstrip(")"))
-    gid = _int(env.get("SLURM_JOB_GID")) or _int(info.get("GroupId", "").partition("(")[2][:-1])
+    uid = _first(_int(env.get("SLURM_JOB_UID")), _int(uid_field.partition("(")[2][:-1]))
+    gid = _first(_int(env.get("SLURM_JOB_GID")),
+                 _int(info.get("GroupId", "").partition("(")[2][:-1]))
     return SlurmJob(
         job_id=job_id,
         array_job_id=array_job or (info.get("ArrayJobId") or None),

@@ -1,5 +1,3 @@
-# The imported fixture is (by design) shadowed by the test parameters of the same name.
-# ruff: noqa: F811
 """Tests against a real one-node Slurm (slurmctld + slurmd + munge) started by the fixture.
 
 They check the Slurm behaviour the hook relies on: array jobs, afterany dependencies,
@@ -14,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from tests.support.slurm_cluster import SlurmCluster
-from tests.support.slurm_fixture import slurm_cluster  # noqa: F401
 
 JOB_TIMEOUT = 60
 

@@ -1,8 +1,8 @@
 """Session-scoped pytest fixture ``slurm_cluster``: a real one-node Slurm for the tests.
 
-Use it from a test module with::
-
-    from tests.support.slurm_fixture import slurm_cluster  # noqa: F401
+tests/conftest.py registers it (``pytest_plugins``): just name ``slurm_cluster`` as a test
+argument. Do not import it into a test module -- each import is a separate fixture with its
+own session instance, and a second cluster cannot start while the first holds the machine.
 
 * Needs root (slurmd, munged, /etc/slurm/slurm.conf). Without root the tests are skipped
   -- except under CI (env ``CI`` set to a true value), where they fail instead, so CI can
@@ -17,7 +17,9 @@ Use it from a test module with::
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -62,15 +64,20 @@ def _install_slurm() -> None:
 
 
 @pytest.fixture(scope="session")
-def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
+def slurm_cluster() -> Iterator[SlurmCluster]:
     """A started :class:`SlurmCluster` (node idle), stopped by PID after the session."""
     if os.geteuid() != 0:
         _skip_or_fail(NEED_ROOT_MESSAGE)
     if missing_slurm_binaries():
         _install_slurm()
-    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"))
-    cluster.start(timeout=START_TIMEOUT)
+    # Not in pytest's private (0700) tmp dir: slurmd runs a batch script from its spool dir in
+    # here as the job's user, and that user's sbatch reads slurm.conf from here too.
+    run_dir = Path(tempfile.mkdtemp(prefix="nwh-test-slurm-", dir="/tmp"))
+    run_dir.chmod(0o755)
+    cluster = SlurmCluster(run_dir)
     try:
+        cluster.start(timeout=START_TIMEOUT)
         yield cluster
     finally:
         cluster.stop()
+        shutil.rmtree(run_dir, ignore_errors=True)
