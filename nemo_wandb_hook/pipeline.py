@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
 import shlex
 import time
@@ -441,7 +440,7 @@ class ExportRun:
             raise ConfigError(f"unknown --dest {sorted(dests - {'wandb', 'local'})}; "
                               "choose wandb or local")
         report = ExportReport()
-        env = os.environ if self.slurm_env is None else self.slurm_env
+        env = self.slurm_env or {}  # only `hook` knows which task its Slurm job ran
         override = Path(self.stage_dir) if self.stage_dir else None
         prepared: list[Prepared] = []
         for loc, cfg in zip(locations, configs, strict=True):

@@ -183,7 +183,7 @@ def stage_task(
     try:
         with atomic_dir(final) as tmp:
             for name, src in _sources(loc, log_logs):
-                if not src.exists() or src.is_dir():
+                if not src.is_file():  # gone, a directory, or a FIFO that would block
                     continue
                 if not inside(src, loc.task_dir):
                     log.warning("%s: symlink %s leads outside the task directory; not staged",

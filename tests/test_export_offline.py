@@ -434,3 +434,16 @@ def test_dry_run_touches_nothing_and_says_what_it_would_do(make_invocation, tmp_
                            "eval_factory_metrics.json", "config.yaml",
                            "logs/client-4242000.log", "logs/slurm-4242000.log"]
     assert by_task(report)["lm-evaluation-harness.mmlu_pro.1"].metrics == MMLU_PRO
+
+
+def test_export_inside_a_slurm_job_keeps_each_tasks_own_job_id(make_invocation, monkeypatch):
+    """`export` run from some Slurm job (a login-node allocation, a dependency job) must not
+    stamp that job's ids on tasks other jobs ran; each task keeps what its directory records."""
+    monkeypatch.setenv("SLURM_JOB_ID", "999999")
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "999990")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "9")
+    report = export(make_invocation([gsm8k_task(), humaneval_task()]))
+    for index, task in enumerate(report.tasks):
+        config = user_config(offline_run_of(task))
+        assert config["slurm_job_id"] == str(4242000 + index)
+        assert "slurm_array_job_id" not in config and "slurm_array_task_id" not in config

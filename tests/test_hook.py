@@ -15,7 +15,6 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -602,8 +601,6 @@ def test_lock_holder_drains_entries_that_arrive_as_it_lets_go(
         release(self, *exc)
 
     monkeypatch.setattr(spool_module.RunLock, "__exit__", arrive_then_release)
-    monkeypatch.setattr(pipeline.Flusher, "_push", lambda self, pending, slug: SimpleNamespace(
-        mode="offline", location=str(stage / "wandb")))
 
     outcomes = pipeline.flush(stage, [MULTI_SLUG], lock_wait=0)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -240,3 +241,14 @@ def test_staging_leaves_the_task_directory_untouched(make_invocation, tmp_path: 
     report = export_results(str(inv_dir), config={**ORG, "log_logs": True}, offline=True)
     assert report.ok
     assert {p: p.read_bytes() for p in files_under(task_dir)} == before
+
+
+def test_a_fifo_among_the_logs_is_skipped_not_read(make_invocation, tmp_path: Path) -> None:
+    """Opening a FIFO blocks until a writer comes: staging must not touch special files."""
+    inv_dir = make_invocation([gsm8k_task()])
+    task_dir = inv_dir / "gsm8k.0"
+    os.mkfifo(task_dir / "logs" / "progress.pipe")
+    staged = stage(task_dir, tmp_path / "stage", log_logs=True)
+    names = [f.path for f in staged.files]
+    assert "logs/progress.pipe" not in names
+    assert any(n.startswith("logs/slurm-") for n in names)
