@@ -12,7 +12,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 from nemo_wandb_hook.config import ConfigError
-from nemo_wandb_hook.pipeline import ExportReport, export_results, flush
+from nemo_wandb_hook.flush import flush
+from nemo_wandb_hook.pipeline import export_results
+from nemo_wandb_hook.report import ExportReport
 from nemo_wandb_hook.results import LocateError, TaskLocation, locate_all
 from nemo_wandb_hook.staging import existing_stage_dir
 

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nemo_wandb_hook.config import ConfigError, ExportConfig
-from nemo_wandb_hook.pipeline import ExportReport, ExportRun, resolve_configs
+from nemo_wandb_hook.pipeline import ExportRun, resolve_configs
+from nemo_wandb_hook.report import ExportReport
 from nemo_wandb_hook.results import (
     LocateError,
     TaskLocation,
@@ -156,7 +157,7 @@ def run_hook(request: HookRequest, env: Mapping[str, str] | None = None,
         run = ExportRun(
             stage_dir=request.stage_dir,
             wait_timeout=request.wait_timeout,
-            # The lock holder drains our entry too (see pipeline.flush); only --strict, which
+            # The lock holder drains our entry too (see flush.py); only --strict, which
             # must tell whether the export succeeded, waits for the lock.
             lock_wait=budget if request.strict else 0.0,
             deadline=started + budget * 0.9,

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from nemo_wandb_hook.spool import Delivery, SpoolEntry
+
 
 @dataclass
 class TaskOutcome:
@@ -60,3 +62,26 @@ def summary_table(tasks: list[TaskOutcome]) -> str:
              for r in rows]
     lines += [f"{t.task}: {t.error}" for t in tasks if t.error]
     return "\n".join(line.rstrip() for line in lines)
+
+
+def outcome(entry: SpoolEntry, status: str, **extra: Any) -> TaskOutcome:
+    return TaskOutcome(
+        invocation_id=entry.invocation_id,
+        task=entry.task,
+        job_id=f"{entry.invocation_id}.{entry.index}",
+        status=status,
+        run_id=entry.run.run_id,
+        metrics=dict(entry.metrics),
+        files=[f["path"] for f in entry.files],
+        **extra,
+    )
+
+
+def delivered_outcome(delivery: Delivery, status: str = "exported") -> TaskOutcome:
+    online = delivery.mode == "online"
+    return outcome(
+        delivery.entry,
+        status,
+        run_path=delivery.location if online else None,
+        offline_dir=None if online else delivery.location,
+    )

@@ -21,7 +21,7 @@ import pytest
 
 from nemo_wandb_hook import export_results
 from nemo_wandb_hook.example import gsm8k_task, write_invocation
-from nemo_wandb_hook.pipeline import flush
+from nemo_wandb_hook.flush import flush
 from nemo_wandb_hook.probe import decide_mode
 from nemo_wandb_hook.spool import Spool
 from tests.support.online_checks import (

@@ -21,6 +21,7 @@ import pytest
 from nemo_wandb_hook import pipeline, slurm
 from nemo_wandb_hook import spool as spool_module
 from nemo_wandb_hook.example import EXAMPLE_INVOCATION, synthetic_task
+from nemo_wandb_hook.flush import flush
 from nemo_wandb_hook.hook import HookRequest, find_tasks
 from nemo_wandb_hook.results import LocateError, locate
 from nemo_wandb_hook.spool import RunSpec, Spool
@@ -602,7 +603,7 @@ def test_lock_holder_drains_entries_that_arrive_as_it_lets_go(
 
     monkeypatch.setattr(spool_module.RunLock, "__exit__", arrive_then_release)
 
-    outcomes = pipeline.flush(stage, [MULTI_SLUG], lock_wait=0)
+    outcomes = flush(stage, [MULTI_SLUG], lock_wait=0)
 
     assert spool.pending(MULTI_SLUG) == []
     assert sorted(o.task for o in outcomes) == sorted(loc.dir_name for loc in locations)

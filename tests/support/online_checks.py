@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from nemo_wandb_hook import export_results
-from nemo_wandb_hook.pipeline import ExportReport, ExportRun, resolve_configs
+from nemo_wandb_hook.pipeline import ExportRun, resolve_configs
+from nemo_wandb_hook.report import ExportReport
 from nemo_wandb_hook.results import locate_all
 from nemo_wandb_hook.spool import Spool
 from tests.support.results_fixtures import INV, REPO_ROOT, task_dirs

@@ -26,7 +26,7 @@ from nemo_wandb_hook.example import (
     score,
     synthetic_task,
 )
-from nemo_wandb_hook.pipeline import ExportReport, TaskOutcome
+from nemo_wandb_hook.report import ExportReport, TaskOutcome
 from tests.support.wandb_reader import OfflineRun, find_offline_runs, read_offline_run
 
 INV = EXAMPLE_INVOCATION
