@@ -12,7 +12,10 @@ from nemo_wandb_hook.example import EXAMPLE_MODEL, gsm8k_task, humaneval_task, m
 from nemo_wandb_hook.metrics import TABLE_COLUMNS
 from nemo_wandb_hook.spool import Spool
 from tests.support.results_fixtures import (
+    GSM8K,
+    HUMANEVAL,
     INV,
+    MMLU,
     ORG,
     by_task,
     edit_results,
@@ -30,19 +33,6 @@ from tests.support.wandb_reader import find_offline_runs, read_table, user_confi
 
 HOST = socket.gethostname()
 
-MMLU = {
-    "mmlu_acc": 0.6812, "mmlu_acc_stderr": 0.0037,
-    "mmlu_humanities_acc": 0.6419, "mmlu_humanities_acc_stderr": 0.0067,
-    "mmlu_abstract_algebra_acc": 0.41, "mmlu_abstract_algebra_acc_stderr": 0.0494,
-}
-GSM8K = {
-    "gsm8k_exact_match_flexible-extract": 0.8044,
-    "gsm8k_exact_match_flexible-extract_stderr": 0.0109,
-    "gsm8k_exact_match_strict-match": 0.7794,
-    "gsm8k_exact_match_strict-match_stderr": 0.0114,
-}
-HUMANEVAL = {"humaneval_pass@1": 0.6524, "humaneval_pass@10": 0.8171,
-             "humaneval_pass@10_stderr": 0.021}
 MMLU_PRO = {
     "mmlu_pro_acc": 0.55, "mmlu_pro_acc_stderr": 0.004,
     "mmlu_pro_stem_acc": 0.5, "mmlu_pro_stem_acc_stderr": 0.008,

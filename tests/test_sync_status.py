@@ -25,6 +25,7 @@ from nemo_wandb_hook.example import (
 )
 from nemo_wandb_hook.spool import Spool
 from tests.support.results_fixtures import (
+    ALL_METRICS,
     CLI_TIMEOUT,
     INV,
     files_under,
@@ -41,17 +42,6 @@ MULTI = ["-o", "log_mode=multi_task"]
 # An online export against a stopped backend must give up quickly and leave the task pending.
 FAST_GIVE_UP = ["-o", "retry={attempts: 1, max_wait: 1, deadline: 5}"]
 TASKS = ["lm-evaluation-harness.mmlu.0", "gsm8k.1", "bigcode-evaluation-harness.humaneval.2"]
-ALL_METRICS = {
-    "mmlu_acc": 0.6812, "mmlu_acc_stderr": 0.0037,
-    "mmlu_humanities_acc": 0.6419, "mmlu_humanities_acc_stderr": 0.0067,
-    "mmlu_abstract_algebra_acc": 0.41, "mmlu_abstract_algebra_acc_stderr": 0.0494,
-    "gsm8k_exact_match_flexible-extract": 0.8044,
-    "gsm8k_exact_match_flexible-extract_stderr": 0.0109,
-    "gsm8k_exact_match_strict-match": 0.7794,
-    "gsm8k_exact_match_strict-match_stderr": 0.0114,
-    "humaneval_pass@1": 0.6524, "humaneval_pass@10": 0.8171,
-    "humaneval_pass@10_stderr": 0.021,
-}
 UPLOAD_KINDS = ("file_stream", "UpsertBucket")
 
 

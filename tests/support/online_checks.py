@@ -20,26 +20,21 @@ from nemo_wandb_hook.pipeline import ExportRun, resolve_configs
 from nemo_wandb_hook.report import ExportReport
 from nemo_wandb_hook.results import locate_all
 from nemo_wandb_hook.spool import Spool
-from tests.support.results_fixtures import INV, REPO_ROOT, task_dirs
+from tests.support.results_fixtures import (
+    ALL_METRICS,
+    GSM8K,
+    HUMANEVAL,
+    INV,
+    MMLU,
+    REPO_ROOT,
+    task_dirs,
+)
 from tests.support.wandb_backend import RecordedRun, WandbBackend
 
 ENTITY, PROJECT = "myorg", "evals"
 ORG = {"entity": ENTITY, "project": PROJECT}
 ORG_ARGS = ["-o", f"entity={ENTITY}", "-o", f"project={PROJECT}"]
 
-MMLU = {
-    "mmlu_acc": 0.6812, "mmlu_acc_stderr": 0.0037,
-    "mmlu_humanities_acc": 0.6419, "mmlu_humanities_acc_stderr": 0.0067,
-    "mmlu_abstract_algebra_acc": 0.41, "mmlu_abstract_algebra_acc_stderr": 0.0494,
-}
-GSM8K = {
-    "gsm8k_exact_match_flexible-extract": 0.8044,
-    "gsm8k_exact_match_flexible-extract_stderr": 0.0109,
-    "gsm8k_exact_match_strict-match": 0.7794,
-    "gsm8k_exact_match_strict-match_stderr": 0.0114,
-}
-HUMANEVAL = {"humaneval_pass@1": 0.6524, "humaneval_pass@10": 0.8171,
-             "humaneval_pass@10_stderr": 0.021}
 # task dir -> (benchmark, harness, flat metrics, rows in the `results` table)
 EXAMPLE = {
     "lm-evaluation-harness.mmlu.0": ("mmlu", "lm-evaluation-harness", MMLU, 3),
@@ -47,7 +42,6 @@ EXAMPLE = {
     "bigcode-evaluation-harness.humaneval.2": ("humaneval", "bigcode-evaluation-harness",
                                                HUMANEVAL, 2),
 }
-ALL_METRICS = {**MMLU, **GSM8K, **HUMANEVAL}
 ARTIFACT_FILES = ["config.yaml", "eval_factory_metrics.json", "metadata.yaml", "results.yml",
                   "run_config.yml"]
 TABLE_COLUMNS = ["task", "benchmark", "harness", "metric", "score", "value", "stderr", "count"]

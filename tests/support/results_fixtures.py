@@ -32,6 +32,21 @@ from tests.support.wandb_reader import OfflineRun, find_offline_runs, read_offli
 INV = EXAMPLE_INVOCATION
 ORG = {"entity": "myorg", "project": "evals"}
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# The flat keys (and values) the launcher names for example.example_tasks(), written out.
+MMLU = {
+    "mmlu_acc": 0.6812, "mmlu_acc_stderr": 0.0037,
+    "mmlu_humanities_acc": 0.6419, "mmlu_humanities_acc_stderr": 0.0067,
+    "mmlu_abstract_algebra_acc": 0.41, "mmlu_abstract_algebra_acc_stderr": 0.0494,
+}
+GSM8K = {
+    "gsm8k_exact_match_flexible-extract": 0.8044,
+    "gsm8k_exact_match_flexible-extract_stderr": 0.0109,
+    "gsm8k_exact_match_strict-match": 0.7794,
+    "gsm8k_exact_match_strict-match_stderr": 0.0114,
+}
+HUMANEVAL = {"humaneval_pass@1": 0.6524, "humaneval_pass@10": 0.8171,
+             "humaneval_pass@10_stderr": 0.021}
+ALL_METRICS = {**MMLU, **GSM8K, **HUMANEVAL}
 CLI_TIMEOUT = 300  # a hang guard for subprocesses, not an assertion on speed
 
 
