@@ -269,7 +269,7 @@ def test_auto_with_key_and_answering_host_goes_online(gsm8k_inv, wandb_backend, 
     assert (outcome.status, outcome.run_path) == ("exported", f"{ENTITY}/{PROJECT}/{GSM8K_ID}")
     assert wandb_backend.count("healthz") == 1
     assert (f"writing online W&B runs: W&B host {wandb_backend.base_url} answered and an "
-            "API key is set") in messages(caplog, "nemo_wandb_hook.pipeline")
+            "API key is set") in messages(caplog, "nemo_wandb_hook.flush")
     assert_gsm8k_delivered(wandb_backend, gsm8k_inv)
 
 
@@ -281,7 +281,7 @@ def test_auto_without_api_key_goes_offline(gsm8k_inv, wandb_backend, caplog, mon
     assert outcome.status == "exported" and outcome.offline_dir and not outcome.run_path
     assert offline_run_of(outcome).run_id == GSM8K_ID
     assert any(m.startswith("writing offline W&B runs: no W&B API key")
-               for m in messages(caplog, "nemo_wandb_hook.pipeline"))
+               for m in messages(caplog, "nemo_wandb_hook.flush"))
     assert wandb_backend.requests == []  # not even the probe
 
 
@@ -295,7 +295,7 @@ def test_auto_with_server_stopped_writes_offline_runs_and_says_why(make_invocati
     assert all(t.offline_dir and not t.run_path for t in report.tasks)
     run = offline_run_of(report.tasks[0])
     assert run.run_id == INV
-    reason = [m for m in messages(caplog, "nemo_wandb_hook.pipeline")
+    reason = [m for m in messages(caplog, "nemo_wandb_hook.flush")
               if m.startswith("writing offline W&B runs:")]
     assert reason and f"W&B host {wandb_backend.base_url} did not answer" in reason[0]
 
@@ -330,7 +330,7 @@ def test_auto_falls_back_offline_when_w_and_b_fails_after_the_probe(gsm8k_inv, w
     assert outcome.status == "exported" and outcome.offline_dir, outcome
     assert offline_run_of(outcome).run_id == GSM8K_ID
     assert any("writing an offline run instead" in m
-               for m in messages(caplog, "nemo_wandb_hook.pipeline"))
+               for m in messages(caplog, "nemo_wandb_hook.flush"))
     assert wandb_backend.runs() == []
 
 
