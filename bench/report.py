@@ -200,7 +200,8 @@ def _method_md() -> list[str]:
         "them (wait4 rusage); peak RSS is the largest single process.",
         "- Completeness reads the offline pieces with `tests/support/wandb_reader.py` and counts "
         "the tasks whose metric keys (`bench<i>_*`) are in a piece's summary. The newest piece is "
-        "what W&B ends up showing when pieces of one run are synced in order.",
+        "the last state written for the run; how W&B merges several pieces of one run on "
+        "`wandb sync` is not measured here.",
         "- Scenario 3b runs the launcher fewer times than ours: it is bound by its own "
         "timeouts (credential check, then `wandb.init`'s), not by noise.",
         "- The machine is shared (other people's test runs): before each measurement the bench "
