@@ -6,7 +6,9 @@ Sources, lowest to highest: defaults, the task's own launcher config, `--config 
 
 from __future__ import annotations
 
+import copy
 import difflib
+import functools
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -103,13 +105,20 @@ def wandb_section(doc: Any, source: str) -> dict[str, Any]:
     return dict(doc)
 
 
+@functools.lru_cache(maxsize=32)
+def _parse(text: str) -> Any:
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+
+
 def load_yaml(path: Path) -> Any:
+    """Parse a config file; the tasks of one invocation carry the same launcher config, so an
+    identical text is parsed once (the copy keeps callers from sharing mutable state)."""
     try:
         text = path.read_text()
     except OSError as err:
         raise ConfigError(f"cannot read config file {path}: {err.strerror}") from err
     try:
-        return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        return copy.deepcopy(_parse(text))
     except yaml.YAMLError as err:
         raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
 

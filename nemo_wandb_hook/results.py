@@ -23,6 +23,7 @@ YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 INVOCATION_ID = re.compile(r"^[0-9a-f]{8,16}$")
 JOB_ID = re.compile(r"^(?P<inv>[0-9a-f]{8,16})\.(?P<idx>\d+)$")
 TASK_DIR = re.compile(r"^(?P<name>.+)\.(?P<idx>\d+)$")
+FIRST_RECHECK = 0.1  # seconds before the first stability re-check
 SETTLED_AFTER = 2.0  # seconds without modification after which a file counts as complete
 
 
@@ -172,6 +173,7 @@ def wait_for_results(loc: TaskLocation, timeout: float, poll: float = 0.25) -> A
     deadline = time.monotonic() + timeout
     last_stat: tuple[int, int] | None = None
     reason = "results.yml does not exist"
+    rechecked = False
     while True:
         artifacts = loc.task_dir / "artifacts"
         if artifacts.is_dir():
@@ -197,7 +199,10 @@ def wait_for_results(loc: TaskLocation, timeout: float, poll: float = 0.25) -> A
         if time.monotonic() >= deadline:
             waited = f" after waiting {timeout:g}s" if timeout else ""
             raise WaitTimeout(f"{loc.results_file}: {reason}{waited}")
-        time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
+        # A file seen for the first time is looked at again soon: most are complete already.
+        pause = FIRST_RECHECK if last_stat is not None and not rechecked else poll
+        rechecked = rechecked or last_stat is not None
+        time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
 
 
 def _optional_yaml(path: Path) -> dict[str, Any]:

@@ -6,6 +6,7 @@ Layout: `<stage_dir>/<invocation>/<task dir name>/` with the files and `manifest
 from __future__ import annotations
 
 import fnmatch
+import functools
 import hashlib
 import json
 import logging
@@ -237,8 +238,10 @@ def existing_stage_dir(inv_dir: Path) -> Path:
     return fallback if not preferred.is_dir() and fallback.is_dir() else preferred
 
 
+@functools.lru_cache(maxsize=256)
 def default_stage_dir(inv_dir: Path) -> Path:
-    """Inside the invocation directory; a per-user cache directory when that is read-only."""
+    """Inside the invocation directory; a per-user cache directory when that is read-only.
+    Probed once per invocation and process."""
     preferred = inv_dir / "wandb-export"
     try:
         preferred.mkdir(exist_ok=True)

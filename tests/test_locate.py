@@ -181,10 +181,11 @@ def test_wait_needs_two_equal_looks_unless_the_timeout_is_zero(
     (loc, *_) = locate(str(inv_dir))
     clock.set_mtime(loc.results_file)  # just written
     assert wait_for_results(loc, timeout=5, poll=0.5)["results"]
-    assert clock.sleeps == [0.5]  # the first look only records size and mtime
+    # the first look only records size and mtime; the second comes soon after
+    assert clock.sleeps == [results_mod.FIRST_RECHECK]
     clock.set_mtime(loc.results_file)
     assert wait_for_results(loc, timeout=0)["results"]
-    assert clock.sleeps == [0.5]
+    assert clock.sleeps == [results_mod.FIRST_RECHECK]
 
 
 def test_a_results_file_untouched_for_a_while_is_read_at_once(
@@ -220,4 +221,7 @@ def test_incomplete_results_time_out_with_the_reason(
         wait_for_results(loc, timeout=results_mod.SETTLED_AFTER, poll=0.25)
     assert str(err.value).startswith(f"{results}: {reason}")
     assert str(err.value).endswith(f"after waiting {results_mod.SETTLED_AFTER:g}s")
-    assert sum(clock.sleeps) == results_mod.SETTLED_AFTER
+    # a file that is there is looked at again soon, then at every poll
+    first = 0.25 if content is None else results_mod.FIRST_RECHECK
+    assert clock.sleeps[0] == first and set(clock.sleeps[1:-1]) == {0.25}
+    assert sum(clock.sleeps) == pytest.approx(results_mod.SETTLED_AFTER)
