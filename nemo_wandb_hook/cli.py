@@ -214,7 +214,17 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = parser().parse_args(argv)
+    except SystemExit as usage:
+        # A typo in an epilogue's arguments must not fail (and drain) the node.
+        lenient_hook = "hook" in argv and "--strict" not in argv
+        if usage.code == EXIT_USAGE and lenient_hook:
+            print("nemo-wandb-hook: hook: bad arguments (see above); exiting 0 as epilogues "
+                  "must (--strict to fail instead)", file=sys.stderr)
+            return EXIT_OK
+        raise
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="nemo-wandb-hook: %(levelname)s: %(message)s",

@@ -640,3 +640,12 @@ def test_current_job_keeps_uid_0_from_the_environment(
     job = slurm.current_job({"SLURM_JOB_ID": "101", "SLURM_JOB_UID": "0", "SLURM_JOB_GID": "0"})
     assert (job.uid, job.gid) == (0, 0)  # root's job, not alice's from the scontrol record
     assert args.exists()
+
+
+def test_a_typo_in_the_hooks_arguments_does_not_fail_the_epilogue() -> None:
+    lenient, _ = run_hook("--wait-timout", "5")
+    strict, _ = run_hook("--wait-timout", "5", "--strict")
+    assert lenient.returncode == 0, lenient.stderr
+    assert "unrecognized arguments: --wait-timout" in lenient.stderr
+    assert "exiting 0 as epilogues must" in lenient.stderr
+    assert strict.returncode == 2
