@@ -15,10 +15,12 @@ from tests.support.results_fixtures import (
     GSM8K,
     HUMANEVAL,
     INV,
+    LABELS,
     MMLU,
     ORG,
     by_task,
     edit_results,
+    expected_per_task_config,
     files_under,
     large_invocation,
     nested_groups_task,
@@ -51,15 +53,6 @@ SEVERAL = {
 }
 ARTIFACT_FILES = ["config.yaml", "eval_factory_metrics.json", "metadata.yaml", "results.yml",
                   "run_config.yml"]
-LABELS = {
-    "tags": ["nightly", "llama"],
-    "description": "weekly regression eval",
-    "extra_metadata": {"team": "nlp", "budget": 3},
-    "triggered_by_webhook": True,
-    "webhook_source": "github",
-    "source_artifact": "org/models/llama:v3",
-    "config_source": "evals.yaml",
-}
 
 
 def summary_metrics(run) -> dict:
@@ -99,24 +92,8 @@ def test_per_task_one_offline_run_per_task_field_by_field(make_invocation, isola
         assert run.job_type == "evaluation"
         assert run.tags == ["nightly", "llama"]
         assert run.notes == "weekly regression eval"
-        assert user_config(run) == {
-            "invocation_id": INV,
-            "executor": "slurm",
-            "job_id": f"{INV}.{index}",
-            "harness": harness,
-            "benchmark": benchmark,
-            "model_id": EXAMPLE_MODEL,
-            "launcher_command": f"nemo-evaluator-launcher run --config-name {benchmark}",
-            "results_dir": f"{HOST}:{inv_dir / dir_name}",
-            "slurm_job_id": str(4242000 + index),
-            # the launcher merges extra_metadata into the run config, key by key
-            "team": "nlp",
-            "budget": 3,
-            "triggered_by_webhook": True,
-            "webhook_source": "github",
-            "source_artifact": "org/models/llama:v3",
-            "config_source": "evals.yaml",
-        }
+        assert user_config(run) == expected_per_task_config(inv_dir, dir_name, index,
+                                                            benchmark, harness)
         assert summary_metrics(run) == metrics
         columns, rows = read_table(run, "results")
         assert columns == TABLE_COLUMNS

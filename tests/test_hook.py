@@ -20,7 +20,7 @@ import pytest
 
 from nemo_wandb_hook import pipeline, slurm
 from nemo_wandb_hook import spool as spool_module
-from nemo_wandb_hook.example import EXAMPLE_INVOCATION, synthetic_task
+from nemo_wandb_hook.example import synthetic_task
 from nemo_wandb_hook.flush import flush
 from nemo_wandb_hook.hook import HookRequest, find_tasks
 from nemo_wandb_hook.results import LocateError, locate
@@ -32,9 +32,8 @@ from tests.support.hook_checks import (
     offline_pieces,
     spool_state,
 )
+from tests.support.results_fixtures import INV, ORG
 
-INV = EXAMPLE_INVOCATION
-ORG = {"entity": "myorg", "project": "evals"}
 OFFLINE = ["-o", "mode=offline"]
 MULTI = ["-o", "log_mode=multi_task"]
 HANG_GUARD = 300  # seconds; a guard against hangs, not an assertion on speed

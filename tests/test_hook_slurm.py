@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from nemo_wandb_hook import slurm
-from nemo_wandb_hook.example import EXAMPLE_INVOCATION, synthetic_task, write_invocation
+from nemo_wandb_hook.example import synthetic_task, write_invocation
 from tests.support.hook_checks import (
     HOOKS_DIR,
     REPO_ROOT,
@@ -36,10 +36,9 @@ from tests.support.hook_checks import (
     offline_pieces,
     spool_state,
 )
+from tests.support.results_fixtures import ORG
 from tests.support.slurm_cluster import SlurmCluster
 
-INV = EXAMPLE_INVOCATION
-ORG = {"entity": "myorg", "project": "evals"}
 ARRAY_SIZE = 6
 JOB_TIMEOUT = 120  # a hang guard, not an assertion on speed
 TRAP = HOOKS_DIR / "trap.sh"

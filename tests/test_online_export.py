@@ -30,8 +30,11 @@ from tests.support.online_checks import (
 )
 from tests.support.results_fixtures import (
     INV,
+    LABELS,
+    WEBHOOK_AND_EXTRA,
     by_task,
     edit_results,
+    expected_per_task_config,
     large_invocation,
     run_cli,
     statuses,
@@ -39,23 +42,6 @@ from tests.support.results_fixtures import (
 )
 
 HOST = socket.gethostname()
-LABELS = {
-    "tags": ["nightly", "llama"],
-    "description": "weekly regression eval",
-    "extra_metadata": {"team": "nlp", "budget": 3},
-    "triggered_by_webhook": True,
-    "webhook_source": "github",
-    "source_artifact": "org/models/llama:v3",
-    "config_source": "evals.yaml",
-}
-WEBHOOK_AND_EXTRA = {
-    "team": "nlp",
-    "budget": 3,
-    "triggered_by_webhook": True,
-    "webhook_source": "github",
-    "source_artifact": "org/models/llama:v3",
-    "config_source": "evals.yaml",
-}
 MULTI = ["-o", "log_mode=multi_task", "-o", "mode=online"]
 
 
@@ -90,18 +76,8 @@ def test_per_task_runs_carry_what_the_readme_promises(make_invocation, wandb_bac
         assert run.tags == ["nightly", "llama"]
         assert run.notes == "weekly regression eval"
         assert run.finished and run.exit_code == 0
-        assert run.user_config() == {
-            "invocation_id": INV,
-            "executor": "slurm",
-            "job_id": f"{INV}.{index}",
-            "harness": harness,
-            "benchmark": benchmark,
-            "model_id": EXAMPLE_MODEL,
-            "launcher_command": f"nemo-evaluator-launcher run --config-name {benchmark}",
-            "results_dir": f"{HOST}:{inv_dir / dir_name}",
-            "slurm_job_id": str(4242000 + index),
-            **WEBHOOK_AND_EXTRA,
-        }
+        assert run.user_config() == expected_per_task_config(inv_dir, dir_name, index,
+                                                             benchmark, harness)
         assert summary_metrics(run) == metrics
         assert run.history == []  # no step= logging: the summary is the record
         columns, rows = results_table(run)

@@ -8,6 +8,7 @@ helpers here add the shapes the tests need on top of it and read offline runs ba
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterable
@@ -18,6 +19,7 @@ import yaml
 
 from nemo_wandb_hook.example import (
     EXAMPLE_INVOCATION,
+    EXAMPLE_MODEL,
     TaskSpec,
     gsm8k_task,
     humaneval_task,
@@ -47,6 +49,43 @@ GSM8K = {
 HUMANEVAL = {"humaneval_pass@1": 0.6524, "humaneval_pass@10": 0.8171,
              "humaneval_pass@10_stderr": 0.021}
 ALL_METRICS = {**MMLU, **GSM8K, **HUMANEVAL}
+# Run labels every field of which must land in W&B, and what they add to run.config.
+LABELS = {
+    "tags": ["nightly", "llama"],
+    "description": "weekly regression eval",
+    "extra_metadata": {"team": "nlp", "budget": 3},
+    "triggered_by_webhook": True,
+    "webhook_source": "github",
+    "source_artifact": "org/models/llama:v3",
+    "config_source": "evals.yaml",
+}
+WEBHOOK_AND_EXTRA = {  # the launcher merges extra_metadata into run.config key by key
+    "team": "nlp",
+    "budget": 3,
+    "triggered_by_webhook": True,
+    "webhook_source": "github",
+    "source_artifact": "org/models/llama:v3",
+    "config_source": "evals.yaml",
+}
+
+
+def expected_per_task_config(inv_dir: Path, dir_name: str, index: int, benchmark: str,
+                             harness: str) -> dict:
+    """run.config of a per_task run of an example task exported with LABELS."""
+    return {
+        "invocation_id": INV,
+        "executor": "slurm",
+        "job_id": f"{INV}.{index}",
+        "harness": harness,
+        "benchmark": benchmark,
+        "model_id": EXAMPLE_MODEL,
+        "launcher_command": f"nemo-evaluator-launcher run --config-name {benchmark}",
+        "results_dir": f"{socket.gethostname()}:{inv_dir / dir_name}",
+        "slurm_job_id": str(4242000 + index),
+        **WEBHOOK_AND_EXTRA,
+    }
+
+
 CLI_TIMEOUT = 300  # a hang guard for subprocesses, not an assertion on speed
 
 
